@@ -1,0 +1,3 @@
+module github.com/nvblk/nvblk
+
+go 1.26

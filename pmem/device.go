@@ -1,0 +1,59 @@
+package pmem
+
+import "io"
+
+// Mode says how a Device makes data durable.
+type Mode string
+
+// Persistence modes.
+const (
+	// ModeDAX: CPU cache flushes (CLWB/CLFLUSHOPT/CLFLUSH + SFENCE) make
+	// stores durable (MAP_SYNC file on a DAX filesystem, /dev/dax).
+	ModeDAX Mode = "dax"
+	// ModeDAXForced: CPU cache flushes are used because PMEM_IS_PMEM_FORCE=1
+	// was set, whatever the backing really is (PMDK's semantics).
+	ModeDAXForced Mode = "dax-forced"
+	// ModeMsync: a page-cache mapping; persistence is msync(MS_SYNC).
+	ModeMsync Mode = "msync"
+	// ModeNone: volatile memory; Persist only orders stores.
+	ModeNone Mode = "none"
+)
+
+// Device is byte-addressable, memory-backed storage: the rw_bytes interface.
+//
+// ReadAt and WriteAt transfer exactly len(p) bytes or return an error; they
+// never return a short count with a nil error, and never panic on any
+// offset or length. Implementations are safe for concurrent use by several
+// goroutines; concurrent writes to overlapping ranges leave an unspecified
+// mix of their bytes, with 8-byte aligned stores not torn.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+
+	// Size is the device size in bytes. It never changes.
+	Size() int64
+
+	// WriteAtPersist writes p at off and returns once it is durable.
+	// Large copies use non-temporal stores where the CPU has them.
+	WriteAtPersist(p []byte, off int64) (int, error)
+
+	// Flush starts writing back the range [off, off+n) to the persistence
+	// domain. The data is durable only after a later Drain.
+	Flush(off, n int64) error
+	// Drain waits until every Flush issued before it is complete.
+	Drain() error
+	// Persist is Flush(off, n) followed by Drain.
+	Persist(off, n int64) error
+
+	// Mode reports how durability is achieved.
+	Mode() Mode
+	// BadBlocks returns the device's badblock list (never nil).
+	BadBlocks() *BadBlocks
+
+	// Close releases the device. Every access after Close fails with
+	// ErrClosed. Close does not imply Persist.
+	Close() error
+}
+
+// SectorSize is the granularity of badblock tracking, as in the kernel.
+const SectorSize = 512
