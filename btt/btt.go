@@ -1,0 +1,448 @@
+package btt
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nvblk/nvblk/pmem"
+)
+
+func yield() { runtime.Gosched() }
+
+// Options control Open.
+type Options struct {
+	// ReadOnly refuses writes; nothing is written to the media, not even
+	// the roll-forward of an interrupted write (it is applied in memory).
+	ReadOnly bool
+	// ParentUUID, when non-nil, is the namespace uuid: an info block with
+	// a non-null parent_uuid must match it (the kernel's check).
+	ParentUUID *[16]byte
+	// Lanes is the number of concurrent lanes (default: 2*GOMAXPROCS,
+	// at least 8, at most the smallest nfree of any arena).
+	Lanes int
+	// Logger receives notices (backup info block in use, arena error
+	// flag). Nil discards them.
+	Logger *slog.Logger
+}
+
+// CreateOptions control Create.
+type CreateOptions struct {
+	Version    Version  // V11 (default) or V20
+	LBASize    uint32   // external sector size; default 4096
+	UUID       [16]byte // BTT uuid; zero means random
+	ParentUUID [16]byte // namespace uuid; zero for label-less namespaces
+	NFree      uint32   // default 256 (what Linux writes)
+	Options             // runtime options for the returned BTT
+}
+
+// BTT is an open Block Translation Table: a block device with atomic
+// sector updates over a pmem.Device. It is safe for concurrent use.
+type BTT struct {
+	dev        pmem.Device
+	version    Version
+	initOff    int64
+	uuid       [16]byte
+	parent     [16]byte
+	lbasize    uint32
+	sectorSize uint32
+	nlba       uint64
+	arenas     []*arena
+	lanes      []lane
+	readOnly   bool
+	backup     bool // opened from a backup info block
+	closed     atomic.Bool
+	log        *slog.Logger
+	zeros      []byte
+	closeOnce  sync.Once
+}
+
+type lane struct {
+	mu  sync.Mutex
+	idx int
+	buf [16]byte
+	_   [32]byte
+}
+
+// acquire takes a free lane, trying a random one first.
+func (b *BTT) acquire() *lane {
+	n := uint32(len(b.lanes))
+	start := mrand.Uint32N(n)
+	for i := uint32(0); i < n; i++ {
+		l := &b.lanes[(start+i)%n]
+		if l.mu.TryLock() {
+			return l
+		}
+	}
+	l := &b.lanes[start]
+	l.mu.Lock()
+	return l
+}
+
+func (l *lane) release() { l.mu.Unlock() }
+
+// Version returns the info block version.
+func (b *BTT) Version() Version { return b.version }
+
+// InitialOffset is the namespace offset of arena 0's info block.
+func (b *BTT) InitialOffset() int64 { return b.initOff }
+
+// UUID and ParentUUID return the info block's uuids.
+func (b *BTT) UUID() [16]byte       { return b.uuid }
+func (b *BTT) ParentUUID() [16]byte { return b.parent }
+
+// LBASize is the external LBA size on media (512, 520, ..., 4224).
+func (b *BTT) LBASize() uint32 { return b.lbasize }
+
+// SectorSize is the data bytes per sector seen by ReadSectors/WriteSectors
+// (512 or 4096); the rest of an LBA is integrity metadata.
+func (b *BTT) SectorSize() int { return int(b.sectorSize) }
+
+// Sectors is the number of exported sectors.
+func (b *BTT) Sectors() uint64 { return b.nlba }
+
+// ReadOnly reports whether writes are refused.
+func (b *BTT) ReadOnly() bool { return b.readOnly }
+
+// FromBackup reports whether the BTT was opened from a backup info block
+// because a primary was damaged (the BTT is then read-only).
+func (b *BTT) FromBackup() bool { return b.backup }
+
+// Device returns the underlying pmem device.
+func (b *BTT) Device() pmem.Device { return b.dev }
+
+// Arenas describes the arenas as found on media.
+func (b *BTT) Arenas() []ArenaInfo {
+	out := make([]ArenaInfo, len(b.arenas))
+	for i, a := range b.arenas {
+		out[i] = ArenaInfo{Offset: a.off, Info: a.info, ExternalStart: a.extStart,
+			LogIndex: a.logIdx, ErrorFlag: a.errFlag}
+	}
+	return out
+}
+
+// ArenaInfo describes one arena.
+type ArenaInfo struct {
+	Offset        int64  // namespace byte offset of the primary info block
+	Info          Info   // the info block
+	ExternalStart uint64 // first exported LBA
+	LogIndex      [2]int // log slots in use: (0,1) new format, (0,2) pre-4.15
+	ErrorFlag     bool
+}
+
+func (b *BTT) locate(lba uint64) (*arena, uint32) {
+	for _, a := range b.arenas {
+		if lba < a.extStart+uint64(a.extNLBA) {
+			return a, uint32(lba - a.extStart)
+		}
+	}
+	return nil, 0
+}
+
+func (b *BTT) checkIO(p []byte, lba uint64) (uint64, error) {
+	if b.closed.Load() {
+		return 0, ErrClosed
+	}
+	ss := uint64(b.sectorSize)
+	if uint64(len(p))%ss != 0 {
+		return 0, fmt.Errorf("%w: %d bytes with %d-byte sectors", ErrAlignment, len(p), ss)
+	}
+	n := uint64(len(p)) / ss
+	if lba > b.nlba || n > b.nlba-lba {
+		return 0, &RangeError{LBA: lba, Count: n, Sectors: b.nlba}
+	}
+	return n, nil
+}
+
+// ReadSectors reads len(p)/SectorSize() whole sectors starting at lba.
+// Each sector is read atomically with respect to writes of that sector.
+func (b *BTT) ReadSectors(p []byte, lba uint64) error {
+	n, err := b.checkIO(p, lba)
+	if err != nil || n == 0 {
+		return err
+	}
+	l := b.acquire()
+	defer l.release()
+	ss := uint64(b.sectorSize)
+	for i := uint64(0); i < n; i++ {
+		if err := b.readSector(l, lba+i, p[i*ss:(i+1)*ss]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *BTT) readSector(l *lane, lba uint64, dst []byte) error {
+	a, premap := b.locate(lba)
+	raw, err := a.readMapRaw(b.dev, premap, l.buf[:])
+	if err != nil {
+		return &SectorError{Op: "read", LBA: lba, Err: err}
+	}
+	post, st := decodeMap(raw, premap)
+	rtt := &a.rtt[l.idx].v
+	for {
+		switch st {
+		case MapZero:
+			clear(dst)
+			return nil
+		case MapError:
+			return &SectorError{Op: "read", LBA: lba, Err: errSectorE}
+		}
+		rtt.Store(rttValid | post)
+		raw2, err := a.readMapRaw(b.dev, premap, l.buf[:])
+		if err != nil {
+			rtt.Store(0)
+			return &SectorError{Op: "read", LBA: lba, Err: err}
+		}
+		post2, st2 := decodeMap(raw2, premap)
+		if post2 == post && st2 == st {
+			break
+		}
+		post, st = post2, st2
+	}
+	if post >= a.intNLBA {
+		rtt.Store(0)
+		return &SectorError{Op: "read", LBA: lba, Err: corruptf(a.idx, a.mapOff+4*int64(premap),
+			"map entry for LBA %d points at block %d, past internal_nlba %d", premap, post, a.intNLBA)}
+	}
+	_, err = b.dev.ReadAt(dst, a.blockOff(post))
+	rtt.Store(0)
+	if err != nil {
+		if errors.Is(err, pmem.ErrMedia) && !b.readOnly {
+			b.markError(a, premap, raw, post, l)
+		}
+		return &SectorError{Op: "read", LBA: lba, Err: err}
+	}
+	return nil
+}
+
+var errSectorE = errors.New("sector is in the error state")
+
+// markError persistently records a media error on premap (the kernel's
+// read path), unless the entry changed meanwhile.
+func (b *BTT) markError(a *arena, premap, seen, post uint32, l *lane) {
+	mu := a.mapLock(premap)
+	mu.Lock()
+	defer mu.Unlock()
+	cur, err := a.readMapRaw(b.dev, premap, l.buf[:])
+	if err != nil || cur != seen {
+		return
+	}
+	if err := a.writeMapRaw(b.dev, premap, mapE|post, l.buf[:]); err != nil {
+		b.log.Warn("btt: could not record media error in the map", "lba", premap, "err", err)
+	}
+}
+
+// WriteSectors writes len(p)/SectorSize() whole sectors starting at lba.
+// Each sector is updated atomically: after a crash at any instant it reads
+// entirely old or entirely new. When WriteSectors returns nil the data is
+// durable.
+func (b *BTT) WriteSectors(p []byte, lba uint64) error {
+	n, err := b.checkIO(p, lba)
+	if err != nil || n == 0 {
+		return err
+	}
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	l := b.acquire()
+	defer l.release()
+	ss := uint64(b.sectorSize)
+	for i := uint64(0); i < n; i++ {
+		if err := b.writeSector(l, lba+i, p[i*ss:(i+1)*ss]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
+	a, premap := b.locate(lba)
+	if a.errFlag {
+		return &SectorError{Op: "write", LBA: lba, Err: ErrReadOnly}
+	}
+	if a.failed.Load() {
+		return &SectorError{Op: "write", LBA: lba, Err: errArenaFailed}
+	}
+	fe := &a.free[l.idx]
+	if fe.hasErr || b.dev.BadBlocks().Overlaps(a.blockOff(fe.block), a.L) {
+		if err := b.clearBlock(a, fe.block); err != nil {
+			return &SectorError{Op: "write", LBA: lba, Err: err}
+		}
+		fe.hasErr = false
+	}
+	nb := fe.block
+	if nb >= a.intNLBA {
+		return &SectorError{Op: "write", LBA: lba, Err: corruptf(a.idx, a.logOff, "free block %d past internal_nlba %d", nb, a.intNLBA)}
+	}
+	a.waitRTT(nb)
+	// P1: the data, durable in the free block.
+	if _, err := b.dev.WriteAtPersist(src, a.blockOff(nb)); err != nil {
+		fe.hasErr = true
+		return &SectorError{Op: "write", LBA: lba, Err: err}
+	}
+	mu := a.mapLock(premap)
+	mu.Lock()
+	err := b.commit(a, l, fe, premap, nb)
+	mu.Unlock()
+	if err != nil {
+		return &SectorError{Op: "write", LBA: lba, Err: err}
+	}
+	if fe.hasErr {
+		// The replaced block held a media error: clear it now (the
+		// kernel's step 14); if that fails the next write retries.
+		if b.clearBlock(a, fe.block) == nil {
+			fe.hasErr = false
+		}
+	}
+	return nil
+}
+
+var errArenaFailed = errors.New("arena metadata write failed; reopen to recover")
+
+// commit logs and maps the new block under the map lock (P2a, P2b, P3).
+func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error {
+	raw, err := a.readMapRaw(b.dev, premap, l.buf[:])
+	if err != nil {
+		return err
+	}
+	old, st := decodeMap(raw, premap)
+	if old >= a.intNLBA {
+		return corruptf(a.idx, a.mapOff+4*int64(premap), "map entry for LBA %d points at block %d, past internal_nlba %d", premap, old, a.intNLBA)
+	}
+	oldField := old
+	if st == MapError {
+		oldField |= mapE
+	}
+	e := LogEntry{LBA: premap, OldMap: oldField, NewMap: nb, Seq: fe.seq}
+	e.Encode(l.buf[:])
+	off := a.slotOff(l.idx, a.logIdx[fe.sub])
+	// P2a: {lba, old_map}; P2b: {new_map, seq}. seq lands last, so a torn
+	// entry keeps its old seq and stays the older slot.
+	if _, err := b.dev.WriteAtPersist(l.buf[0:8], off); err != nil {
+		a.failed.Store(true)
+		return err
+	}
+	if _, err := b.dev.WriteAtPersist(l.buf[8:16], off+8); err != nil {
+		a.failed.Store(true)
+		return err
+	}
+	fe.sub ^= 1
+	fe.seq = nextSeq(fe.seq)
+	fe.block = old
+	fe.hasErr = st == MapError
+	// P3: the map entry. If it fails, the log already commits the write:
+	// the next open rolls it forward; until then the arena refuses writes.
+	if err := a.writeMapRaw(b.dev, premap, mapNormal|nb, l.buf[:]); err != nil {
+		a.failed.Store(true)
+		return err
+	}
+	return nil
+}
+
+// clearBlock zeroes the data part of a free block; an aligned write also
+// clears badblocks (poison) under it.
+func (b *BTT) clearBlock(a *arena, blk uint32) error {
+	_, err := b.dev.WriteAtPersist(b.zeros[:b.sectorSize], a.blockOff(blk))
+	return err
+}
+
+// ZeroSectors puts count sectors from lba in the zero (Z) state: reads
+// return zeros without touching the media. Each map update is a single
+// atomic store; no block is freed or allocated.
+func (b *BTT) ZeroSectors(lba, count uint64) error {
+	return b.setState(lba, count, mapZ, "zero")
+}
+
+// SetError puts count sectors from lba in the error (E) state: reads fail
+// until the sector is written again (libpmemblk's pmemblk_set_error).
+func (b *BTT) SetError(lba, count uint64) error {
+	return b.setState(lba, count, mapE, "set-error")
+}
+
+func (b *BTT) setState(lba, count uint64, flag uint32, op string) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if lba > b.nlba || count > b.nlba-lba {
+		return &RangeError{LBA: lba, Count: count, Sectors: b.nlba}
+	}
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	l := b.acquire()
+	defer l.release()
+	for i := uint64(0); i < count; i++ {
+		a, premap := b.locate(lba + i)
+		if a.errFlag {
+			return &SectorError{Op: op, LBA: lba + i, Err: ErrReadOnly}
+		}
+		if a.failed.Load() {
+			return &SectorError{Op: op, LBA: lba + i, Err: errArenaFailed}
+		}
+		mu := a.mapLock(premap)
+		mu.Lock()
+		raw, err := a.readMapRaw(b.dev, premap, l.buf[:])
+		if err == nil {
+			post, _ := decodeMap(raw, premap)
+			if post >= a.intNLBA {
+				err = corruptf(a.idx, a.mapOff+4*int64(premap), "map entry for LBA %d points at block %d", premap, post)
+			} else if raw != flag|post {
+				err = a.writeMapRaw(b.dev, premap, flag|post, l.buf[:])
+			}
+		}
+		mu.Unlock()
+		if err != nil {
+			return &SectorError{Op: op, LBA: lba + i, Err: err}
+		}
+	}
+	return nil
+}
+
+// Flush makes every completed write durable. Writes are durable when they
+// return, so this only drains the device.
+func (b *BTT) Flush() error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	return b.dev.Drain()
+}
+
+// Close releases the BTT (not the underlying device). It must not run
+// concurrently with I/O.
+func (b *BTT) Close() error {
+	b.closed.Store(true)
+	return nil
+}
+
+// MapEntry returns the decoded map entry of an exported LBA (for tools
+// and tests).
+func (b *BTT) MapEntry(lba uint64) (postmap uint32, st MapState, err error) {
+	if lba >= b.nlba {
+		return 0, 0, &RangeError{LBA: lba, Count: 1, Sectors: b.nlba}
+	}
+	a, premap := b.locate(lba)
+	var buf [4]byte
+	raw, err := a.readMapRaw(b.dev, premap, buf[:])
+	if err != nil {
+		return 0, 0, err
+	}
+	post, st := decodeMap(raw, premap)
+	return post, st, nil
+}
+
+func randomUUID() [16]byte {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u
+}
+
+var le = binary.LittleEndian

@@ -1,0 +1,126 @@
+package btt
+
+import (
+	"fmt"
+
+	"github.com/nvblk/nvblk/pmem"
+)
+
+// Zeroer is implemented by devices that can zero a range faster than by
+// writing zeros (a hole punch on a file). The range must be durable zeros
+// when it returns.
+type Zeroer interface {
+	ZeroRange(off, n int64) error
+}
+
+// zeroRange makes [off, off+n) durable zeros.
+func zeroRange(dev pmem.Device, off, n int64) error {
+	if z, ok := dev.(Zeroer); ok {
+		return z.ZeroRange(off, n)
+	}
+	const chunk = 1 << 20
+	zeros := make([]byte, min(n, chunk))
+	for done := int64(0); done < n; {
+		c := min(n-done, chunk)
+		if _, err := dev.WriteAt(zeros[:c], off+done); err != nil {
+			return err
+		}
+		if err := dev.Flush(off+done, c); err != nil {
+			return err
+		}
+		done += c
+	}
+	return dev.Drain()
+}
+
+// Create lays out a new BTT on dev, exactly as Linux's nd_btt does
+// (sections 3 and 4.2 of btt-format.md), and opens it. Whatever was on
+// dev is overwritten. Per arena it zeroes the map and the log, writes the
+// initial log entries, then info2, and the primary info block last: the
+// primary is the commit point of creation.
+func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
+	if opt.Version == (Version{}) {
+		opt.Version = V11
+	}
+	if opt.Version != V11 && opt.Version != V20 {
+		return nil, fmt.Errorf("btt: cannot create version %s (only 1.1 and 2.0)", opt.Version)
+	}
+	if opt.LBASize == 0 {
+		opt.LBASize = 4096
+	}
+	if !LBASizeSupported(opt.LBASize) {
+		return nil, fmt.Errorf("btt: sector size %d is not supported (want one of %v)", opt.LBASize, SupportedLBASizes)
+	}
+	if opt.NFree == 0 {
+		opt.NFree = DefaultNFree
+	}
+	if opt.UUID == ([16]byte{}) {
+		opt.UUID = randomUUID()
+	}
+	if dev.Mode() == "" {
+		return nil, fmt.Errorf("btt: device has no persistence mode")
+	}
+	layout, err := ComputeLayout(dev.Size(), opt.Version, opt.LBASize, opt.NFree)
+	if err != nil {
+		return nil, err
+	}
+	// Wipe the other version's info block position (ndctl zeroes the
+	// first 8 KiB when it sets up a personality), so a stale BTT of the
+	// other version cannot be probed.
+	if err := zeroRange(dev, 0, 2*PageSize); err != nil {
+		return nil, fmt.Errorf("btt: create: %w", err)
+	}
+	buf := make([]byte, InfoSize)
+	for i, a := range layout {
+		if err := writeArena(dev, a, opt, buf); err != nil {
+			return nil, fmt.Errorf("btt: create arena %d: %w", i, err)
+		}
+	}
+	return Open(dev, opt.Options)
+}
+
+func writeArena(dev pmem.Device, a ArenaLayout, opt CreateOptions, buf []byte) error {
+	mapOff := a.Off + int64(a.MapOff)
+	logOff := a.Off + int64(a.LogOff)
+	if err := zeroRange(dev, mapOff, int64(a.LogOff-a.MapOff)); err != nil {
+		return err
+	}
+	if err := zeroRange(dev, logOff, int64(a.Info2Off-a.LogOff)); err != nil {
+		return err
+	}
+	var e [LogEntrySize]byte
+	for lane := uint32(0); lane < a.NFree; lane++ {
+		blk := a.ExternalNLBA + lane
+		LogEntry{LBA: lane, OldMap: blk, NewMap: blk, Seq: 1}.Encode(e[:])
+		if _, err := dev.WriteAt(e[:], logOff+int64(lane)*LogGroupSize); err != nil {
+			return err
+		}
+	}
+	if err := dev.Persist(logOff, int64(a.NFree)*LogGroupSize); err != nil {
+		return err
+	}
+	ib := Info{
+		Signature:       Signature,
+		UUID:            opt.UUID,
+		ParentUUID:      opt.ParentUUID,
+		Major:           opt.Version.Major,
+		Minor:           opt.Version.Minor,
+		ExternalLBASize: a.ExternalLBASize,
+		ExternalNLBA:    a.ExternalNLBA,
+		InternalLBASize: a.InternalLBASize,
+		InternalNLBA:    a.InternalNLBA,
+		NFree:           a.NFree,
+		InfoSize:        InfoSize,
+		NextOff:         a.NextOff,
+		DataOff:         a.DataOff,
+		MapOff:          a.MapOff,
+		LogOff:          a.LogOff,
+		Info2Off:        a.Info2Off,
+	}
+	ib.Encode(buf)
+	if _, err := dev.WriteAtPersist(buf, a.Off+int64(a.Info2Off)); err != nil {
+		return err
+	}
+	_, err := dev.WriteAtPersist(buf, a.Off)
+	return err
+}
