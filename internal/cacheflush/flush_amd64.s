@@ -46,7 +46,7 @@ TEXT ·clflushRange(SB), NOSPLIT, $0-16
 	TESTQ CX, CX
 	JZ   done
 	ADDQ AX, CX
-	ANDQ $-1, AX
+	ANDQ $-64, AX
 
 loop:
 	CLFLUSH (AX)
