@@ -1,0 +1,27 @@
+package btt_test
+
+import (
+	"syscall"
+	"testing"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
+)
+
+func diskUsage(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// checkPermutation asserts invariant 6.8 on every arena: each internal
+// block is referenced exactly once by the map and the free list.
+func checkPermutation(t *testing.T, dev pmem.Device) {
+	t.Helper()
+	if err := btt.VerifyPermutation(dev); err != nil {
+		t.Fatal(err)
+	}
+}
