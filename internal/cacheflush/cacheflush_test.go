@@ -241,6 +241,22 @@ func TestEnvOverrides(t *testing.T) {
 			if got := cfg.Load().nt; got != c.nt {
 				t.Errorf("copy mode %v, want %v", got, c.nt)
 			}
+			// Flush executes an instruction exactly when Current is not
+			// KindNone: only then does flushing a guard page fault.
+			if haveGuardPages {
+				g := mapGuarded(t, 4096)
+				guard := unsafe.Add(ptr(g), len(g))
+				faulted := func() (faulted bool) {
+					old := debug.SetPanicOnFault(true)
+					defer debug.SetPanicOnFault(old)
+					defer func() { faulted = recover() != nil }()
+					Persist(guard, 1)
+					return false
+				}()
+				if want := c.kind != KindNone; faulted != want {
+					t.Errorf("Flush of a guard page faulted=%v, want %v", faulted, want)
+				}
+			}
 			// Whatever the selection, the operations work.
 			src := randomBytes(5000, 1)
 			dst := mapGuarded(t, 5003)[:5003]
@@ -697,7 +713,6 @@ func BenchmarkCopyFlush4K(b *testing.B) {
 	dst := mapGuarded(b, benchSize)
 	src := randomBytes(benchSize, 7)
 	b.SetBytes(benchSize)
-	b.Logf("flush kind %v", Current())
 	for b.Loop() {
 		copy(dst, src)
 		Flush(ptr(dst), benchSize)
@@ -709,7 +724,6 @@ func BenchmarkCopyNT4K(b *testing.B) {
 	dst := mapGuarded(b, benchSize)
 	src := randomBytes(benchSize, 7)
 	b.SetBytes(benchSize)
-	b.Logf("copy mode %v", cfg.Load().nt)
 	for b.Loop() {
 		CopyNT(dst, src)
 		Fence()

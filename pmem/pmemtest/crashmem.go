@@ -444,6 +444,7 @@ func (m *CrashMem) CrashWith(choose func(word int64, candidates int) int) *Crash
 		}
 	}
 	slices.Sort(lines)
+	var add []patch
 	for _, l := range lines {
 		dm := m.dirty[l]
 		pl := m.pending[l]
@@ -465,12 +466,13 @@ func (m *CrashMem) CrashWith(choose func(word int64, candidates int) int) *Crash
 			case k == 0:
 				// Lost: the durable value stays.
 			case k == 1 && isPending:
-				img.setWord(word, pl.val[i])
+				add = append(add, patch{word, pl.val[i]})
 			default:
-				img.setWord(word, m.cur.word(word))
+				add = append(add, patch{word, m.cur.word(word)})
 			}
 		}
 	}
+	img.addPatches(add)
 	bad := pmem.NewBadBlocks(m.size)
 	for _, r := range m.bad.List() {
 		bad.Add(r.Off, r.Len)

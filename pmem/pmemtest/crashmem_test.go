@@ -551,3 +551,153 @@ func BenchmarkWriteAtPersist(b *testing.B) {
 		}
 	}
 }
+
+// refModel is a straightforward reference for CrashMem's state.
+type refModel struct {
+	cur, dur []byte
+	dirty    map[int64]bool   // word offset -> written since its line was flushed
+	pending  map[int64]uint64 // word offset -> value at Flush
+}
+
+func newRefModel(size int64) *refModel {
+	return &refModel{cur: make([]byte, size), dur: make([]byte, size),
+		dirty: map[int64]bool{}, pending: map[int64]uint64{}}
+}
+
+func (r *refModel) word(b []byte, off int64) uint64 { return binary.LittleEndian.Uint64(b[off:]) }
+
+func (r *refModel) write(p []byte, off int64) {
+	copy(r.cur[off:], p)
+	for w := off &^ 7; w < off+int64(len(p)); w += 8 {
+		r.dirty[w] = true
+	}
+}
+
+func (r *refModel) flush(off, n int64) {
+	for w := off &^ 63; w < (off+n-1)|63; w += 8 { // whole lines
+		if r.dirty[w] {
+			r.pending[w] = r.word(r.cur, w)
+			delete(r.dirty, w)
+		}
+	}
+}
+
+func (r *refModel) drain() {
+	for w, v := range r.pending {
+		binary.LittleEndian.PutUint64(r.dur[w:], v)
+	}
+	clear(r.pending)
+}
+
+func (r *refModel) candidates(w int64) []uint64 {
+	c := []uint64{r.word(r.dur, w)}
+	if v, ok := r.pending[w]; ok {
+		c = append(c, v)
+	}
+	if r.dirty[w] {
+		c = append(c, r.word(r.cur, w))
+	}
+	return c
+}
+
+// TestCrashMemModel runs random operations on chains of CrashMems and
+// their crash images and compares them with refModel.
+func TestCrashMemModel(t *testing.T) {
+	const size = 3*4096 + 40
+	rng := newRNG(t)
+	type pair struct {
+		m *CrashMem
+		r *refModel
+	}
+	devs := []pair{{NewCrashMem(size), newRefModel(size)}}
+	check := func(step int, d pair) {
+		t.Helper()
+		if i := firstDiff(d.m.Snapshot(), d.r.cur); i >= 0 {
+			t.Fatalf("step %d: current content differs at byte %d", step, i)
+		}
+		if i := firstDiff(d.m.DurableSnapshot(), d.r.dur); i >= 0 {
+			t.Fatalf("step %d: durable content differs at byte %d", step, i)
+		}
+		words := map[int64]bool{}
+		for w := range d.r.dirty {
+			words[w] = true
+		}
+		for w := range d.r.pending {
+			words[w] = true
+		}
+		if n := d.m.DirtyWords(); n != len(words) {
+			t.Fatalf("step %d: DirtyWords() = %d, want %d", step, n, len(words))
+		}
+	}
+	for step := range 4000 {
+		di := rng.IntN(len(devs))
+		d := devs[di]
+		switch op := rng.IntN(100); {
+		case op < 45: // write, often small and unaligned
+			n := 1 + rng.Int64N(40)
+			if rng.IntN(8) == 0 {
+				n = 1 + rng.Int64N(6000)
+			}
+			off := rng.Int64N(size - n + 1)
+			p := randBytes(rng, int(n))
+			write(t, d.m, p, off)
+			d.r.write(p, off)
+		case op < 60: // flush
+			off := rng.Int64N(size)
+			n := 1 + rng.Int64N(min(size-off, 300))
+			if err := d.m.Flush(off, n); err != nil {
+				t.Fatal(err)
+			}
+			d.r.flush(off, n)
+		case op < 68:
+			if err := d.m.Drain(); err != nil {
+				t.Fatal(err)
+			}
+			d.r.drain()
+		case op < 80: // read a random range
+			off := rng.Int64N(size)
+			n := 1 + rng.Int64N(min(size-off, 5000))
+			if got := read(t, d.m, off, n); !bytes.Equal(got, d.r.cur[off:off+n]) {
+				t.Fatalf("step %d: ReadAt(%d, %d) differs", step, n, off)
+			}
+		case op < 92: // crash
+			var words []int64
+			choices := map[int64]int{}
+			img := d.m.CrashWith(func(w int64, n int) int {
+				if want := len(d.r.candidates(w)); n != want {
+					t.Fatalf("step %d: word %d has %d candidates, want %d", step, w, n, want)
+				}
+				words = append(words, w)
+				choices[w] = rng.IntN(n)
+				return choices[w]
+			})
+			want := 0
+			for w := int64(0); w < size; w += 8 {
+				if len(d.r.candidates(w)) > 1 {
+					want++
+				}
+			}
+			if len(words) != want || !slices.IsSorted(words) {
+				t.Fatalf("step %d: choose called for %d words (sorted: %v), want %d", step, len(words), slices.IsSorted(words), want)
+			}
+			r := newRefModel(size)
+			copy(r.dur, d.r.dur)
+			for w, k := range choices {
+				binary.LittleEndian.PutUint64(r.dur[w:], d.r.candidates(w)[k])
+			}
+			copy(r.cur, r.dur)
+			np := pair{img, r}
+			check(step, np)
+			if len(devs) < 4 {
+				devs = append(devs, np)
+			} else {
+				devs[rng.IntN(len(devs))] = np
+			}
+		default:
+			check(step, d)
+		}
+	}
+	for _, d := range devs {
+		check(-1, d)
+	}
+}

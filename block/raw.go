@@ -1,0 +1,108 @@
+package block
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nvblk/nvblk/pmem"
+)
+
+// rawDriver exposes a pmem device as sectors with no translation and no
+// atomicity: a sector write torn by a crash stays torn.
+var rawDriver = Driver{
+	Name:     "raw",
+	Priority: -1000,
+	Probe:    func(pmem.Device) (bool, string) { return true, "raw" },
+	Open: func(dev pmem.Device, opt OpenOptions) (Device, error) {
+		return NewRaw(dev, opt.SectorSize, opt.ReadOnly)
+	},
+}
+
+func init() { Register(rawDriver) }
+
+// Errors of the raw driver.
+var (
+	ErrOutOfRange = errors.New("block: sector out of range")
+	ErrAlignment  = errors.New("block: buffer is not a whole number of sectors")
+	ErrReadOnly   = errors.New("block: device is read-only")
+)
+
+// Raw is a sector view of a pmem.Device.
+type Raw struct {
+	dev      pmem.Device
+	ss       int
+	n        uint64
+	readOnly bool
+	zeros    []byte
+}
+
+// NewRaw returns a raw sector view with sectorSize-byte sectors (default
+// 512); a tail shorter than a sector is not exposed.
+func NewRaw(dev pmem.Device, sectorSize int, readOnly bool) (*Raw, error) {
+	if sectorSize == 0 {
+		sectorSize = 512
+	}
+	if sectorSize < 512 || sectorSize&(sectorSize-1) != 0 {
+		return nil, fmt.Errorf("block: raw sector size %d is not a power of two >= 512", sectorSize)
+	}
+	return &Raw{dev: dev, ss: sectorSize, n: uint64(dev.Size()) / uint64(sectorSize), readOnly: readOnly,
+		zeros: make([]byte, 64<<10)}, nil
+}
+
+func (r *Raw) SectorSize() int     { return r.ss }
+func (r *Raw) Sectors() uint64     { return r.n }
+func (r *Raw) AtomicSectors() bool { return false }
+func (r *Raw) Flush() error        { return r.dev.Drain() }
+func (r *Raw) Close() error        { return nil }
+
+func (r *Raw) check(n int, lba uint64) (uint64, error) {
+	if n%r.ss != 0 {
+		return 0, fmt.Errorf("%w: %d bytes with %d-byte sectors", ErrAlignment, n, r.ss)
+	}
+	c := uint64(n / r.ss)
+	if lba > r.n || c > r.n-lba {
+		return 0, fmt.Errorf("%w: LBA %d (+%d sectors) past the end (%d sectors)", ErrOutOfRange, lba, c, r.n)
+	}
+	return c, nil
+}
+
+func (r *Raw) ReadSectors(p []byte, lba uint64) error {
+	if _, err := r.check(len(p), lba); err != nil {
+		return err
+	}
+	_, err := r.dev.ReadAt(p, int64(lba)*int64(r.ss))
+	return err
+}
+
+func (r *Raw) WriteSectors(p []byte, lba uint64) error {
+	if _, err := r.check(len(p), lba); err != nil {
+		return err
+	}
+	if r.readOnly {
+		return ErrReadOnly
+	}
+	_, err := r.dev.WriteAtPersist(p, int64(lba)*int64(r.ss))
+	return err
+}
+
+func (r *Raw) ZeroSectors(lba, count uint64) error {
+	if lba > r.n || count > r.n-lba {
+		return fmt.Errorf("%w: LBA %d (+%d sectors) past the end (%d sectors)", ErrOutOfRange, lba, count, r.n)
+	}
+	if r.readOnly {
+		return ErrReadOnly
+	}
+	off, n := int64(lba)*int64(r.ss), int64(count)*int64(r.ss)
+	if z, ok := r.dev.(interface{ ZeroRange(off, n int64) error }); ok {
+		return z.ZeroRange(off, n)
+	}
+	for n > 0 {
+		c := min(n, int64(len(r.zeros)))
+		if _, err := r.dev.WriteAtPersist(r.zeros[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}

@@ -1,0 +1,154 @@
+// Package cli implements the nvblk command line: one file per command,
+// output through the command's writers so tests capture it.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nvblk/nvblk/block"
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
+)
+
+// DefaultImage is the embedded default device: created when a command
+// that accepts it is run without a PATH.
+const (
+	DefaultImage      = "nvblk.img"
+	DefaultSize       = 1 << 30
+	DefaultSectorSize = 4096
+)
+
+// ExitError carries a process exit status.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// NewRoot builds the nvblk command tree.
+func NewRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "nvblk",
+		Short:         "Atomic-sector block storage (BTT) on persistent memory",
+		Long:          "nvblk turns byte-addressable persistent memory (or a file) into a block device with atomic sector updates, using the Linux kernel's BTT on-media format.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newCreateCommand(), newInfoCommand(), newReadCommand(), newWriteCommand(),
+		newZeroCommand(), newBenchCommand())
+	return root
+}
+
+// Main runs the CLI with args and returns the process exit status.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := NewRoot()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "nvblk:", err)
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	if strings.Contains(err.Error(), "unknown flag") || strings.Contains(err.Error(), "unknown command") ||
+		strings.Contains(err.Error(), "accepts") || strings.Contains(err.Error(), "invalid argument") {
+		return 16
+	}
+	return 1
+}
+
+// ParseSize parses 64M, 1G, 1T, 512K or a byte count.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v <= 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("invalid size %q (want bytes or a number with K, M, G or T)", s)
+	}
+	return v * mult, nil
+}
+
+// pathArg returns the PATH argument or the default image.
+func pathArg(args []string) (string, bool) {
+	if len(args) == 0 {
+		return DefaultImage, true
+	}
+	return args[0], false
+}
+
+// openDevice maps PATH.
+func openDevice(path string, readOnly bool) (pmem.Device, error) {
+	return pmem.Open(path, pmem.Options{ReadOnly: readOnly})
+}
+
+// ensureDefault creates the default device (1 GiB, linux format, 4096-byte
+// sectors) at path if it does not exist, reporting what it did on w.
+func ensureDefault(path string, w io.Writer) error {
+	if _, err := os.Stat(path); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	dev, err := pmem.Open(path, pmem.Options{CreateSize: DefaultSize})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: DefaultSectorSize})
+	if err != nil {
+		os.Remove(path)
+		return err
+	}
+	fmt.Fprintf(w, "created %s: %d bytes, BTT %s, %d sectors of %d bytes\n", path, dev.Size(), b.Version(), b.Sectors(), b.SectorSize())
+	return nil
+}
+
+// openBlock maps PATH and opens the block device that claims it.
+func openBlock(path string, readOnly bool) (block.Device, block.Driver, pmem.Device, error) {
+	dev, err := openDevice(path, readOnly)
+	if err != nil {
+		return nil, block.Driver{}, nil, err
+	}
+	bd, drv, err := block.Open(dev, block.OpenOptions{ReadOnly: readOnly})
+	if err != nil {
+		dev.Close()
+		return nil, drv, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return bd, drv, dev, nil
+}
