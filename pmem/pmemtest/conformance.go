@@ -3,6 +3,7 @@ package pmemtest
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -226,16 +227,16 @@ func confOutOfRange(t *testing.T, d pmem.Device) {
 	for _, c := range cases {
 		p := bytes.Repeat([]byte{0xA5}, int(c.n))
 		_, err := d.WriteAt(p, c.off)
-		checkRangeErr(t, "WriteAt", err, c.off, c.n, size, "write")
-		checkSame(t, "content after out-of-range WriteAt", readAll(t, d), want)
+		checkRangeErr(t, fmt.Sprintf("WriteAt(%d bytes, %d)", c.n, c.off), err, c.off, c.n, size, "write")
+		checkSame(t, fmt.Sprintf("content after WriteAt(%d bytes, %d)", c.n, c.off), readAll(t, d), want)
 
 		_, err = d.WriteAtPersist(p, c.off)
-		checkRangeErr(t, "WriteAtPersist", err, c.off, c.n, size,
+		checkRangeErr(t, fmt.Sprintf("WriteAtPersist(%d bytes, %d)", c.n, c.off), err, c.off, c.n, size,
 			"write", "writepersist", "write-persist", "write_persist", "persist")
-		checkSame(t, "content after out-of-range WriteAtPersist", readAll(t, d), want)
+		checkSame(t, fmt.Sprintf("content after WriteAtPersist(%d bytes, %d)", c.n, c.off), readAll(t, d), want)
 
 		_, err = d.ReadAt(p, c.off)
-		checkRangeErr(t, "ReadAt", err, c.off, c.n, size, "read")
+		checkRangeErr(t, fmt.Sprintf("ReadAt(%d bytes, %d)", c.n, c.off), err, c.off, c.n, size, "read")
 	}
 	if t.Failed() {
 		return
@@ -266,8 +267,8 @@ func confFlushPersistRange(t *testing.T, d pmem.Device) {
 	}
 	want := readAll(t, d)
 	for _, c := range cases {
-		checkRangeErr(t, "Flush", d.Flush(c.off, c.n), c.off, c.n, size, "flush")
-		checkRangeErr(t, "Persist", d.Persist(c.off, c.n), c.off, c.n, size, "persist", "flush")
+		checkRangeErr(t, fmt.Sprintf("Flush(%d, %d)", c.off, c.n), d.Flush(c.off, c.n), c.off, c.n, size, "flush")
+		checkRangeErr(t, fmt.Sprintf("Persist(%d, %d)", c.off, c.n), d.Persist(c.off, c.n), c.off, c.n, size, "persist", "flush")
 	}
 	checkSame(t, "content after out-of-range Flush/Persist", readAll(t, d), want)
 }

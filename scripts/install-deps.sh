@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what nvblk's tests need on a fresh Debian 12 machine. Idempotent:
+# packages already present are not reinstalled. Runs as root (CI and the
+# development machines are root); elsewhere it uses sudo if available.
+set -euo pipefail
+
+# Debian packages the interop tests use. Keep this list in one place.
+PKGS=(
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	SUDO=""
+	[ "$(id -u)" = 0 ] || SUDO="sudo"
+	echo "install-deps: installing ${missing[*]}" >&2
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
