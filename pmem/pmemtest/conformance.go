@@ -2,6 +2,7 @@ package pmemtest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -97,11 +98,11 @@ func checkSame(t testing.TB, what string, got, want []byte) {
 }
 
 func randBytes(rng *rand.Rand, n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
+	b := make([]byte, n+7)
+	for i := 0; i < n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
 	}
-	return b
+	return b[:n:n]
 }
 
 func confSize(t *testing.T, d pmem.Device) {
@@ -131,6 +132,8 @@ func confReadWrite(t *testing.T, d pmem.Device) {
 				spans = append(spans, span{off, n})
 			}
 		}
+	}
+	for _, off := range []int64{0, 4097, size/2 + 1, size - 100} {
 		spans = append(spans, span{off, size - off}) // to the end
 	}
 	for range 200 {

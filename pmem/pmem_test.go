@@ -1,0 +1,226 @@
+package pmem_test
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nvblk/nvblk/pmem"
+)
+
+func openFile(t *testing.T, dir string, size int64) (pmem.Device, string) {
+	t.Helper()
+	path := filepath.Join(dir, "dev.img")
+	d, err := pmem.Open(path, pmem.Options{CreateSize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, path
+}
+
+// TestSIGBUSIsMediaError: a mapped file truncated underneath faults on
+// access; the fault becomes ErrMedia for that call, and the process lives.
+func TestSIGBUSIsMediaError(t *testing.T) {
+	d, path := openFile(t, t.TempDir(), 1<<20)
+	if _, err := d.WriteAt([]byte("hello"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 4096); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	_, err := d.ReadAt(buf, 512<<10)
+	var me *pmem.MediaError
+	if !errors.Is(err, pmem.ErrMedia) || !errors.As(err, &me) {
+		t.Fatalf("read past the truncated end: %v", err)
+	}
+	if _, err := d.WriteAt(buf, 512<<10); !errors.Is(err, pmem.ErrMedia) {
+		t.Fatalf("write past the truncated end: %v", err)
+	}
+	if _, err := d.WriteAtPersist(make([]byte, 8192), 256<<10); !errors.Is(err, pmem.ErrMedia) {
+		t.Fatalf("persistent write past the truncated end: %v", err)
+	}
+	// The part still backed works.
+	if _, err := d.ReadAt(buf[:5], 0); err != nil || string(buf[:5]) != "hello" {
+		t.Fatalf("read of the backed part: %v %q", err, buf[:5])
+	}
+}
+
+func TestRangeWarnsOnce(t *testing.T) {
+	var logbuf bytes.Buffer
+	path := filepath.Join(t.TempDir(), "d.img")
+	d, err := pmem.Open(path, pmem.Options{CreateSize: 8192, Logger: slog.New(slog.NewTextHandler(&logbuf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, off := range []int64{8192, -1, math.MaxInt64} {
+		_, err := d.ReadAt(make([]byte, 1), off)
+		var re *pmem.RangeError
+		if !errors.As(err, &re) || re.Op != "read" || re.Off != off || re.Len != 1 || re.Size != 8192 {
+			t.Errorf("off %d: %v", off, err)
+		}
+		if !strings.Contains(err.Error(), "8192") {
+			t.Errorf("error does not name the size: %v", err)
+		}
+	}
+	if n := strings.Count(logbuf.String(), "out of range"); n != 1 {
+		t.Errorf("%d warnings, want exactly 1:\n%s", n, logbuf.String())
+	}
+}
+
+func TestWindowTranslation(t *testing.T) {
+	d, _ := openFile(t, t.TempDir(), 64<<10)
+	w, err := pmem.NewWindow(d, 4096, 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte("window"), 10); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 6)
+	if _, err := d.ReadAt(got, 4096+10); err != nil || string(got) != "window" {
+		t.Fatalf("parent sees %q %v", got, err)
+	}
+	// Outside the window: refused with the window's size, parent untouched.
+	for _, c := range []struct{ off, n int64 }{{8192, 1}, {8191, 2}, {-1, 1}, {math.MaxInt64, 1}} {
+		_, err := w.WriteAt(make([]byte, c.n), c.off)
+		var re *pmem.RangeError
+		if !errors.As(err, &re) || re.Size != 8192 {
+			t.Errorf("write %d@%d: %v", c.n, c.off, err)
+		}
+	}
+	if _, err := d.ReadAt(got[:1], 4096+8192); err != nil || got[0] != 0 {
+		t.Error("byte after the window was written")
+	}
+	if _, err := pmem.NewWindow(d, 60<<10, 8192); !errors.Is(err, pmem.ErrOutOfRange) {
+		t.Errorf("window past the end: %v", err)
+	}
+	// Badblocks are shared and translated.
+	w.BadBlocks().Add(1024, 1)
+	if !d.BadBlocks().Overlaps(4096+1024, 1) || d.BadBlocks().Overlaps(1024, 1) {
+		t.Error("window badblock not translated to the parent")
+	}
+	if _, err := w.ReadAt(got, 1020); !errors.Is(err, pmem.ErrMedia) {
+		t.Errorf("read over window badblock: %v", err)
+	}
+	if l := w.BadBlocks().List(); len(l) != 1 || l[0] != (pmem.Range{Off: 1024, Len: 512}) {
+		t.Errorf("window list %v", l)
+	}
+	// Nested windows add up.
+	w2, err := pmem.NewWindow(w, 512, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w2.WriteAtPersist([]byte("nest"), 0); err != nil && !errors.Is(err, pmem.ErrMedia) {
+		t.Fatal(err)
+	}
+	if _, err := d.ReadAt(got[:4], 4096+512); err != nil || string(got[:4]) != "nest" {
+		t.Errorf("nested window: %q %v", got[:4], err)
+	}
+}
+
+func TestBadBlockSemantics(t *testing.T) {
+	d, err := pmem.NewRAM(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.WriteAt(bytes.Repeat([]byte{7}, 2048), 0); err != nil {
+		t.Fatal(err)
+	}
+	bb := d.BadBlocks()
+	bb.Add(600, 10) // marks sector 1 (bytes 512..1023)
+	if l := bb.List(); len(l) != 1 || l[0] != (pmem.Range{Off: 512, Len: 512}) {
+		t.Fatalf("list %v", l)
+	}
+	buf := bytes.Repeat([]byte{0xEE}, 100)
+	if _, err := d.ReadAt(buf, 1000); !errors.Is(err, pmem.ErrMedia) {
+		t.Fatalf("read over bad sector: %v", err)
+	}
+	if buf[0] != 0xEE {
+		t.Fatal("failed read touched the buffer")
+	}
+	if _, err := d.ReadAt(buf, 1024); err != nil {
+		t.Fatalf("read next to the bad sector: %v", err)
+	}
+	// An unaligned write stores the data but fails and keeps the badblock.
+	if _, err := d.WriteAt([]byte{1, 2, 3}, 520); !errors.Is(err, pmem.ErrMedia) {
+		t.Fatalf("unaligned write: %v", err)
+	}
+	if !bb.Overlaps(512, 1) {
+		t.Fatal("unaligned write cleared the badblock")
+	}
+	// An aligned write clears it.
+	if _, err := d.WriteAtPersist(make([]byte, 512), 512); err != nil {
+		t.Fatalf("aligned write: %v", err)
+	}
+	if bb.Overlaps(0, 1<<20) || bb.Len() != 0 {
+		t.Fatal("aligned write did not clear the badblock")
+	}
+	// Merging and partial clears.
+	bb.Add(0, 4096)
+	bb.Add(4096, 512)
+	bb.Clear(1024, 1024)
+	if l := bb.List(); len(l) != 2 || l[0] != (pmem.Range{Off: 0, Len: 1024}) || l[1] != (pmem.Range{Off: 2048, Len: 2560}) {
+		t.Fatalf("after merge+clear: %v", l)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pmem.Open(filepath.Join(dir, "missing"), pmem.Options{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o644)
+	if _, err := pmem.Open(empty, pmem.Options{}); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("empty file: %v", err)
+	}
+	if _, err := pmem.Open(dir, pmem.Options{}); err == nil {
+		t.Error("directory accepted")
+	}
+	if _, err := pmem.Open("/dev/null", pmem.Options{}); err == nil || !strings.Contains(err.Error(), "dax") {
+		t.Errorf("/dev/null: %v", err)
+	}
+	if _, err := pmem.NewRAM(0); err == nil {
+		t.Error("RAM of size 0 accepted")
+	}
+}
+
+func TestReadOnlyFile(t *testing.T) {
+	_, path := openFile(t, t.TempDir(), 8192)
+	d, err := pmem.Open(path, pmem.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.WriteAt([]byte{1}, 0); !errors.Is(err, pmem.ErrReadOnly) {
+		t.Errorf("write to read-only: %v", err)
+	}
+}
+
+func TestModes(t *testing.T) {
+	d, _ := openFile(t, t.TempDir(), 8192)
+	if m := d.Mode(); m != pmem.ModeMsync && m != pmem.ModeDAX {
+		t.Errorf("file mode %s", m)
+	}
+	r, _ := pmem.NewRAM(8192)
+	defer r.Close()
+	if r.Mode() != pmem.ModeNone {
+		t.Errorf("RAM mode %s", r.Mode())
+	}
+	t.Setenv("PMEM_IS_PMEM_FORCE", "1")
+	reloadEnv()
+	defer reloadEnv()
+	f, _ := openFile(t, t.TempDir(), 8192)
+	if f.Mode() != pmem.ModeDAXForced && f.Mode() != pmem.ModeDAX {
+		t.Errorf("forced mode %s", f.Mode())
+	}
+}
