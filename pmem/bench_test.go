@@ -109,4 +109,3 @@ func mapping(b *testing.B, d pmem.Device) []byte {
 	}
 	return m
 }
-

@@ -121,7 +121,7 @@ func TestCrashKeepsPersisted(t *testing.T) {
 	// lines, remembering which words may still be lost.
 	unsafe := make([]bool, size/8) // words written since their line was persisted
 	for range 400 {
-		n := 1 + rng.Int64N(300)
+		n := 1 + rng.Int64N(100)
 		off := rng.Int64N(size - n)
 		p := randBytes(rng, int(n))
 		if rng.IntN(2) == 0 {
@@ -148,7 +148,7 @@ func TestCrashKeepsPersisted(t *testing.T) {
 		t.Fatalf("DirtyWords() = %d, want %d (> 0)", m.DirtyWords(), nUnsafe)
 	}
 	want := m.Snapshot()
-	for run := range 300 {
+	for run := range 200 {
 		img := m.Crash(rng)
 		if run%50 == 0 {
 			checkImage(t, img)
