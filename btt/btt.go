@@ -39,7 +39,11 @@ type CreateOptions struct {
 	UUID       [16]byte // BTT uuid; zero means random
 	ParentUUID [16]byte // namespace uuid; zero for label-less namespaces
 	NFree      uint32   // default 256 (what Linux writes)
-	Options             // runtime options for the returned BTT
+	// MaxArenaSize splits the device into arenas of at most this many
+	// bytes (default and maximum 512 GiB, what Linux does). Smaller values
+	// give multi-arena BTTs on small devices, for tests; Linux reads them.
+	MaxArenaSize int64
+	Options      // runtime options for the returned BTT
 }
 
 // BTT is an open Block Translation Table: a block device with atomic
@@ -269,6 +273,9 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 	}
 	if a.failed.Load() {
 		return &SectorError{Op: "write", LBA: lba, Err: errArenaFailed}
+	}
+	if brokenOrdering != orderCorrect {
+		return b.writeSectorBroken(l, a, premap, src)
 	}
 	fe := &a.free[l.idx]
 	if fe.hasErr || b.dev.BadBlocks().Overlaps(a.blockOff(fe.block), a.L) {

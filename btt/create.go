@@ -60,7 +60,14 @@ func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 	if dev.Mode() == "" {
 		return nil, fmt.Errorf("btt: device has no persistence mode")
 	}
-	layout, err := ComputeLayout(dev.Size(), opt.Version, opt.LBASize, opt.NFree)
+	maxArena := opt.MaxArenaSize
+	if maxArena <= 0 || maxArena > ArenaMaxSize {
+		maxArena = ArenaMaxSize
+	}
+	if maxArena < ArenaMinSize {
+		return nil, fmt.Errorf("btt: arena size %d is below the %d-byte minimum", maxArena, ArenaMinSize)
+	}
+	layout, err := computeLayout(dev.Size(), opt.Version, opt.LBASize, opt.NFree, maxArena)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,10 @@ func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
 // ComputeLayout returns the arenas Linux's create_arenas/alloc_arena lay
 // out on a namespace of nsSize bytes (btt-format.md section 3).
 func ComputeLayout(nsSize int64, v Version, lbasize, nfree uint32) ([]ArenaLayout, error) {
+	return computeLayout(nsSize, v, lbasize, nfree, ArenaMaxSize)
+}
+
+func computeLayout(nsSize int64, v Version, lbasize, nfree uint32, maxArena int64) ([]ArenaLayout, error) {
 	if lbasize < 512 {
 		return nil, fmt.Errorf("btt: sector size %d is below 512", lbasize)
 	}
@@ -59,7 +63,7 @@ func ComputeLayout(nsSize int64, v Version, lbasize, nfree uint32) ([]ArenaLayou
 	var arenas []ArenaLayout
 	var off, nlba uint64
 	for remaining > 0 {
-		asz := min(uint64(ArenaMaxSize), remaining)
+		asz := min(uint64(maxArena), remaining)
 		remaining -= asz
 		if asz < ArenaMinSize {
 			break

@@ -216,9 +216,9 @@ func TestModes(t *testing.T) {
 	if r.Mode() != pmem.ModeNone {
 		t.Errorf("RAM mode %s", r.Mode())
 	}
+	t.Cleanup(reloadEnv) // runs after t.Setenv's restore
 	t.Setenv("PMEM_IS_PMEM_FORCE", "1")
 	reloadEnv()
-	defer reloadEnv()
 	f, _ := openFile(t, t.TempDir(), 8192)
 	if f.Mode() != pmem.ModeDAXForced && f.Mode() != pmem.ModeDAX {
 		t.Errorf("forced mode %s", f.Mode())

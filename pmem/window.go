@@ -1,5 +1,7 @@
 package pmem
 
+import "sync/atomic"
+
 // Window is the sub-range [off, off+size) of a parent Device, itself a
 // Device: offsets are translated (the kernel's
 // offset += get_start_sect(bdev) << 9) and anything outside the window is
@@ -9,6 +11,7 @@ type Window struct {
 	d         Device
 	off, size int64
 	bb        *BadBlocks
+	closed    atomic.Bool
 }
 
 var _ Device = (*Window)(nil)
@@ -27,39 +30,59 @@ func (w *Window) Parent() (Device, int64) { return w.d, w.off }
 func (w *Window) Size() int64           { return w.size }
 func (w *Window) Mode() Mode            { return w.d.Mode() }
 func (w *Window) BadBlocks() *BadBlocks { return w.bb }
-func (w *Window) Drain() error          { return w.d.Drain() }
-func (w *Window) Close() error          { return nil }
+
+// Drain waits for the parent's flushes.
+func (w *Window) Drain() error {
+	if w.closed.Load() {
+		return ErrClosed
+	}
+	return w.d.Drain()
+}
+
+// Close ends the window (not its parent): every later access fails with
+// ErrClosed.
+func (w *Window) Close() error {
+	w.closed.Store(true)
+	return nil
+}
+
+func (w *Window) check(op string, off, n int64) error {
+	if w.closed.Load() {
+		return ErrClosed
+	}
+	return CheckRange(op, off, n, w.size)
+}
 
 func (w *Window) ReadAt(p []byte, off int64) (int, error) {
-	if err := CheckRange("read", off, int64(len(p)), w.size); err != nil {
+	if err := w.check("read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	return w.d.ReadAt(p, w.off+off)
 }
 
 func (w *Window) WriteAt(p []byte, off int64) (int, error) {
-	if err := CheckRange("write", off, int64(len(p)), w.size); err != nil {
+	if err := w.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	return w.d.WriteAt(p, w.off+off)
 }
 
 func (w *Window) WriteAtPersist(p []byte, off int64) (int, error) {
-	if err := CheckRange("write", off, int64(len(p)), w.size); err != nil {
+	if err := w.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	return w.d.WriteAtPersist(p, w.off+off)
 }
 
 func (w *Window) Flush(off, n int64) error {
-	if err := CheckRange("flush", off, n, w.size); err != nil {
+	if err := w.check("flush", off, n); err != nil {
 		return err
 	}
 	return w.d.Flush(w.off+off, n)
 }
 
 func (w *Window) Persist(off, n int64) error {
-	if err := CheckRange("persist", off, n, w.size); err != nil {
+	if err := w.check("persist", off, n); err != nil {
 		return err
 	}
 	return w.d.Persist(w.off+off, n)

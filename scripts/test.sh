@@ -15,3 +15,8 @@ fi
 go vet ./...
 GOARCH=arm64 go vet ./internal/cacheflush/ ./pmem/
 go test -race -count=1 -timeout 15m ./...
+
+# The crash explorer's full run (>= 100000 crash states) without the race
+# detector, which would make it ten times slower; the -race run above
+# explores a smaller number of states with the detector on.
+go test -count=1 -run 'TestCrash' -v ./btt/ | grep -E '^(crash-states:|--- |ok|FAIL|PASS)'

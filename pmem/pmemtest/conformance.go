@@ -20,9 +20,12 @@ const ConformanceSize = 1<<20 + 4096
 
 // RunConformance runs, as subtests of t, the behaviours every pmem.Device
 // implementation must have. factory returns a new device of exactly size
-// bytes with no badblocks; it is called once per subtest with that
-// subtest's t, and may register cleanups on it. RunConformance closes each
-// device at the end of its subtest (a second Close is harmless).
+// bytes with no badblocks, whose offset 0 is 512-aligned on its media (a
+// pmem.Window must start at a multiple of pmem.SectorSize, or its badblock
+// sectors do not line up with the checks). It is called once per subtest
+// with that subtest's t, and may register cleanups on it. RunConformance
+// closes each device at the end of its subtest (a second Close is
+// harmless).
 //
 // The suite checks: the reported size; ReadAt/WriteAt round trips at many
 // offsets and lengths, aligned or not; zero-length operations at 0 and at

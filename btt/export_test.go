@@ -1,0 +1,15 @@
+package btt
+
+// Test-only access to the deliberately broken write orderings.
+
+// BrokenOrderings names every broken ordering the crash explorer must catch.
+var BrokenOrderings = map[string]int{
+	"map-before-log":   orderMapBeforeLog,
+	"seq-before-first": orderSeqFirst,
+	"log-one-write":    orderLogOneWrite,
+	"data-not-flushed": orderNoDataPersist,
+	"data-after-log":   orderDataAfterLog,
+}
+
+// SetBrokenOrdering selects a broken ordering (0 restores the correct one).
+func SetBrokenOrdering(o int) { brokenOrdering = o }

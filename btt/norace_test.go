@@ -1,0 +1,5 @@
+//go:build !race
+
+package btt_test
+
+const raceEnabled = false
