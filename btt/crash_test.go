@@ -393,7 +393,7 @@ func crashTarget() int {
 		}
 	}
 	if raceEnabled || testing.Short() {
-		return 4000
+		return 1500
 	}
 	return 100000
 }
