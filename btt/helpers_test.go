@@ -1,6 +1,9 @@
 package btt_test
 
 import (
+	"math/rand/v2"
+
+	"github.com/nvblk/nvblk/internal/testutil"
 	"syscall"
 	"testing"
 
@@ -24,4 +27,20 @@ func checkPermutation(t *testing.T, dev pmem.Device) {
 	if err := btt.VerifyPermutation(dev); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 17)) }
+
+type kernelDev struct {
+	name string
+	dev  pmem.Device
+}
+
+func kernelImagesForCheck(t *testing.T) []kernelDev {
+	var out []kernelDev
+	for _, k := range testutil.KernelImages(t) {
+		_, ns, _ := openKernelImage(t, k, true)
+		out = append(out, kernelDev{k.Name, ns})
+	}
+	return out
 }

@@ -177,9 +177,12 @@ func (b *BTT) discover(pr probeResult, parent *[16]byte) error {
 			}
 			ib = DecodeInfo(buf)
 		}
-		a, err := b.parseArena(i, off, ib)
+		a, err := parseArena(i, off, ib, dev.Size(), b.lbasize)
 		if err != nil {
 			return err
+		}
+		if a.errFlag {
+			b.log.Warn("btt: arena has its error flag set; it is read-only", "arena", i)
 		}
 		if len(b.arenas) > 0 {
 			a.extStart = b.nlba
@@ -195,10 +198,10 @@ func (b *BTT) discover(pr probeResult, parent *[16]byte) error {
 
 // parseArena validates an info block's geometry against the device and
 // builds the arena. Every bound here protects an allocation or a loop.
-func (b *BTT) parseArena(i int, off int64, ib Info) (*arena, error) {
+func parseArena(i int, off int64, ib Info, devSize int64, lbasize uint32) (*arena, error) {
 	bad := func(format string, a ...any) error { return corruptf(i, off, format, a...) }
-	if ib.ExternalLBASize != b.lbasize {
-		return nil, bad("external_lbasize %d differs from arena 0's %d", ib.ExternalLBASize, b.lbasize)
+	if ib.ExternalLBASize != lbasize {
+		return nil, bad("external_lbasize %d differs from arena 0's %d", ib.ExternalLBASize, lbasize)
 	}
 	if ib.ExternalLBASize < 512 || ib.InternalLBASize < ib.ExternalLBASize {
 		return nil, bad("bad sector sizes: external %d, internal %d", ib.ExternalLBASize, ib.InternalLBASize)
@@ -216,7 +219,10 @@ func (b *BTT) parseArena(i int, off int64, ib Info) (*arena, error) {
 	if size == 0 {
 		size = ib.Info2Off + InfoSize
 	}
-	devLeft := uint64(b.dev.Size() - off)
+	if off < 0 || off >= devSize {
+		return nil, bad("arena starts at %#x, outside the %d-byte device", off, devSize)
+	}
+	devLeft := uint64(devSize - off)
 	if size > devLeft || ib.Info2Off > devLeft {
 		return nil, bad("arena of %d bytes (info2off %#x) runs past the end of the device (%d bytes left)", size, ib.Info2Off, devLeft)
 	}
@@ -247,9 +253,6 @@ func (b *BTT) parseArena(i int, off int64, ib Info) (*arena, error) {
 		extNLBA:  ib.ExternalNLBA,
 		nfree:    ib.NFree,
 		errFlag:  ib.Flags&infoFlagError != 0,
-	}
-	if a.errFlag {
-		b.log.Warn("btt: arena has its error flag set; it is read-only", "arena", i)
 	}
 	nlocks := min(ib.NFree, 256)
 	a.mapLocks = make([]paddedMutex, nlocks)

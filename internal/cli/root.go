@@ -51,7 +51,7 @@ func NewRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newCreateCommand(), newInfoCommand(), newReadCommand(), newWriteCommand(),
-		newZeroCommand(), newBenchCommand())
+		newZeroCommand(), newBenchCommand(), newCheckCommand())
 	return root
 }
 

@@ -1,0 +1,423 @@
+// Package bttfixture generates BTT images with known damage, for the
+// checker's tests, the CLI's golden tests and the fuzzers' seeds. Every
+// fixture is built from scratch by nvblk's own code (a fresh BTT, some
+// writes, then raw byte edits that reproduce one kind of damage), so no
+// binary blob is committed.
+package bttfixture
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
+)
+
+// Case is one fixture: how to build it and what the checker must say.
+type Case struct {
+	Name string
+	// Size of the device in bytes.
+	Size int64
+	// Build lays out and damages the BTT on dev (of Size bytes).
+	Build func(dev pmem.Device) error
+	// Codes are the finding codes of severity error the check must report
+	// (each at least once, and no other error codes).
+	Codes []string
+	// Infos are codes of informational findings that must be present.
+	Infos []string
+	// Exit and RepairExit are the exit codes of check and check --repair.
+	Exit, RepairExit int
+	// RewriteLog asks the repair run to use --rewrite-log too.
+	RewriteLog bool
+	// Truncate, when > 0, cuts the device to this many bytes after Build
+	// (a truncated image file).
+	Truncate int64
+}
+
+const mib = 1 << 20
+
+// fresh creates a BTT and writes a few sectors (LBA i holds byte i+1).
+func fresh(dev pmem.Device, v btt.Version, lbs uint32, maxArena int64) (*btt.BTT, error) {
+	b, err := btt.Create(dev, btt.CreateOptions{Version: v, LBASize: lbs, MaxArenaSize: maxArena,
+		UUID: [16]byte{0xf0, 0xd6, 0x4d, 0x51, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}})
+	if err != nil {
+		return nil, err
+	}
+	for lba := uint64(0); lba < 16; lba++ {
+		if err := b.WriteSectors(bytes.Repeat([]byte{byte(lba + 1)}, b.SectorSize()), lba); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func arena(b *btt.BTT, i int) (btt.ArenaInfo, int64, int64, int64, int64) {
+	a := b.Arenas()[i]
+	return a, a.Offset + int64(a.Info.MapOff), a.Offset + int64(a.Info.LogOff), a.Offset + int64(a.Info.Info2Off), a.Offset + int64(a.Info.DataOff)
+}
+
+func put32(dev pmem.Device, off int64, v uint32) error {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], v)
+	_, err := dev.WriteAtPersist(b[:], off)
+	return err
+}
+
+func zero(dev pmem.Device, off, n int64) error {
+	_, err := dev.WriteAtPersist(make([]byte, n), off)
+	return err
+}
+
+// rewriteInfo changes an arena's primary info block with edit and writes
+// it back with a valid checksum (damage that the checksum cannot see).
+func rewriteInfo(dev pmem.Device, off int64, edit func(*btt.Info)) error {
+	buf := make([]byte, btt.InfoSize)
+	if _, err := dev.ReadAt(buf, off); err != nil {
+		return err
+	}
+	ib := btt.DecodeInfo(buf)
+	edit(&ib)
+	ib.Encode(buf)
+	_, err := dev.WriteAtPersist(buf, off)
+	return err
+}
+
+func logEntry(dev pmem.Device, logOff int64, lane, slot int) (btt.LogEntry, int64, error) {
+	off := logOff + int64(lane)*btt.LogGroupSize + int64(slot)*btt.LogEntrySize
+	var b [16]byte
+	_, err := dev.ReadAt(b[:], off)
+	return btt.DecodeLogEntry(b[:]), off, err
+}
+
+func putEntry(dev pmem.Device, off int64, e btt.LogEntry) error {
+	var b [16]byte
+	e.Encode(b[:])
+	_, err := dev.WriteAtPersist(b[:], off)
+	return err
+}
+
+// currentSlot returns the slot (0 or 1, new padding) holding lane's
+// current entry.
+func currentSlot(dev pmem.Device, logOff int64, lane int) (int, btt.LogEntry, error) {
+	e0, _, err := logEntry(dev, logOff, lane, 0)
+	if err != nil {
+		return 0, e0, err
+	}
+	e1, _, err := logEntry(dev, logOff, lane, 1)
+	if err != nil {
+		return 0, e1, err
+	}
+	next := map[uint32]uint32{1: 2, 2: 3, 3: 1}
+	if e1.Seq != 0 && next[e0.Seq] == e1.Seq {
+		return 1, e1, nil
+	}
+	return 0, e0, nil
+}
+
+// Cases returns every fixture.
+func Cases() []Case {
+	v11 := func(dev pmem.Device) (*btt.BTT, error) { return fresh(dev, btt.V11, 4096, 0) }
+	v20 := func(dev pmem.Device) (*btt.BTT, error) { return fresh(dev, btt.V20, 4096, 0) }
+	return []Case{
+		{Name: "clean", Size: 20 * mib, Build: func(d pmem.Device) error { _, err := v11(d); return err }},
+		{Name: "clean-512-v2.0", Size: 20 * mib, Build: func(d pmem.Device) error { _, err := fresh(d, btt.V20, 512, 0); return err }},
+		{Name: "clean-520", Size: 20 * mib, Build: func(d pmem.Device) error { _, err := fresh(d, btt.V11, 520, 0); return err }},
+		{
+			// ndctl btt-check.sh bad_info2: zero the last 4 KiB.
+			Name: "bad-info2", Size: 20 * mib, Codes: []string{btt.CodeInfo2}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				if _, err := v11(d); err != nil {
+					return err
+				}
+				return zero(d, d.Size()-4096, 4096)
+			},
+		},
+		{
+			// ndctl btt-check.sh bad_info: zero the first 8 KiB.
+			Name: "bad-info-v1.1", Size: 20 * mib, Codes: []string{btt.CodeInfoRestore}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				if _, err := v11(d); err != nil {
+					return err
+				}
+				return zero(d, 0, 8192)
+			},
+		},
+		{
+			Name: "bad-info-v2.0", Size: 20 * mib, Codes: []string{btt.CodeInfoRestore}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				if _, err := v20(d); err != nil {
+					return err
+				}
+				return zero(d, 0, 4096)
+			},
+		},
+		{
+			// ndctl btt-check.sh bitmap: the last 4 KiB page of the map
+			// becomes 1024 entries 0xC0001E1E. Not repairable.
+			Name: "bitmap", Size: 64 * mib, Codes: []string{btt.CodeBitmap}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, _, logOff, _, _ := arena(b, 0)
+				page := bytes.Repeat([]byte{0x1e, 0x1e, 0x00, 0xc0}, 1024)
+				_, err = d.WriteAtPersist(page, logOff-4096)
+				return err
+			},
+		},
+		{
+			// ndctl btt-pad-compat: a v2.0 image written by a pre-4.15
+			// kernel, with the (0,2) log padding. Clean; --rewrite-log
+			// converts it.
+			Name: "pad-compat", Size: 64 * mib, Infos: []string{btt.CodeOldPadding}, RewriteLog: true,
+			Build: buildPadCompat,
+		},
+		{
+			// A torn log entry: the older slot's first half landed, its
+			// second half (with seq) did not. Not an error: recovery ignores it.
+			Name: "torn-log-entry", Size: 20 * mib,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, _, logOff, _, _ := arena(b, 0)
+				for lane := 0; lane < 256; lane++ {
+					cur, e, err := currentSlot(d, logOff, lane)
+					if err != nil {
+						return err
+					}
+					if e.Seq == 1 && cur == 0 {
+						continue
+					}
+					_, off, _ := logEntry(d, logOff, lane, 1-cur)
+					var half [8]byte
+					binary.LittleEndian.PutUint32(half[0:], 7)
+					binary.LittleEndian.PutUint32(half[4:], 12345)
+					_, err = d.WriteAtPersist(half[:], off)
+					return err
+				}
+				return fmt.Errorf("no written lane")
+			},
+		},
+		{
+			Name: "equal-seq", Size: 20 * mib, Codes: []string{btt.CodeLogEqlSeq}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, _, logOff, _, _ := arena(b, 0)
+				e0, off0, _ := logEntry(d, logOff, 3, 0)
+				e1 := e0
+				e1.Seq = 2
+				e0.Seq = 2
+				if err := putEntry(d, off0, e0); err != nil {
+					return err
+				}
+				return putEntry(d, off0+16, e1)
+			},
+		},
+		{
+			Name: "oob-seq", Size: 20 * mib, Codes: []string{btt.CodeLogOOBSeq}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, _, logOff, _, _ := arena(b, 0)
+				e0, off0, _ := logEntry(d, logOff, 200, 0)
+				e0.Seq = 7
+				return putEntry(d, off0, e0)
+			},
+		},
+		{
+			Name: "map-oob", Size: 20 * mib, Codes: []string{btt.CodeMapOOB}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				a, mapOff, _, _, _ := arena(b, 0)
+				return put32(d, mapOff+4*100, 0xC0000000|(a.Info.InternalNLBA+5))
+			},
+		},
+		{
+			// Two LBAs map to one block: a duplicate and a leaked block.
+			Name: "map-duplicate", Size: 20 * mib, Codes: []string{btt.CodeBitmap}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, mapOff, _, _, _ := arena(b, 0)
+				return put32(d, mapOff+4*100, 0xC0000000|101)
+			},
+		},
+		{
+			// A lane's free block is also mapped: a duplicate, and the
+			// block it should have named leaks.
+			Name: "leaked-block", Size: 20 * mib, Codes: []string{btt.CodeBitmap}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, _, logOff, _, _ := arena(b, 0)
+				e, off, _ := logEntry(d, logOff, 250, 0)
+				e.OldMap, e.NewMap = 500, 500
+				return putEntry(d, off, e)
+			},
+		},
+		{
+			// Flag bits in log map fields: PMDK sets Z|E on both, Linux
+			// sets E on old_map after a media error. Legal: info only.
+			Name: "log-flags", Size: 20 * mib, Infos: []string{btt.CodeLogFlags},
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, _, logOff, _, _ := arena(b, 0)
+				e, off, _ := logEntry(d, logOff, 255, 0)
+				e.OldMap |= 0xC0000000
+				e.NewMap |= 0xC0000000
+				if err := putEntry(d, off, e); err != nil {
+					return err
+				}
+				for lane := 0; lane < 256; lane++ {
+					cur, e, err := currentSlot(d, logOff, lane)
+					if err != nil {
+						return err
+					}
+					if e.OldMap != e.NewMap {
+						_, off, _ := logEntry(d, logOff, lane, cur)
+						e.OldMap |= 0x40000000
+						return putEntry(d, off, e)
+					}
+				}
+				return fmt.Errorf("no written lane")
+			},
+		},
+		{
+			// Sectors in the error and zero states: legal.
+			Name: "map-states", Size: 20 * mib, Infos: []string{btt.CodeMapStates},
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				if err := b.SetError(3, 2); err != nil {
+					return err
+				}
+				return b.ZeroSectors(7, 1)
+			},
+		},
+		{
+			// An interrupted write: log committed, map update lost.
+			Name: "pending-roll-forward", Size: 20 * mib, Codes: []string{btt.CodeRollForward}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				b, err := v11(d)
+				if err != nil {
+					return err
+				}
+				_, mapOff, _, _, _ := arena(b, 0)
+				var old [4]byte
+				if _, err := d.ReadAt(old[:], mapOff+4*40); err != nil {
+					return err
+				}
+				if err := b.WriteSectors(bytes.Repeat([]byte{0x77}, 4096), 40); err != nil {
+					return err
+				}
+				_, err = d.WriteAtPersist(old[:], mapOff+4*40)
+				return err
+			},
+		},
+		{
+			// Two arenas (16 MiB each); arena 1's primary is zeroed.
+			Name: "arena1-bad-info", Size: 32*mib + 4096, Codes: []string{btt.CodeInfoRestore}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				b, err := fresh(d, btt.V11, 4096, 16*mib)
+				if err != nil {
+					return err
+				}
+				if len(b.Arenas()) != 2 {
+					return fmt.Errorf("want 2 arenas, got %d", len(b.Arenas()))
+				}
+				a1 := b.Arenas()[1]
+				if err := b.WriteSectors(bytes.Repeat([]byte{0x42}, 4096), a1.ExternalStart+3); err != nil {
+					return err
+				}
+				return zero(d, a1.Offset, 4096)
+			},
+		},
+		{
+			// Two arenas; damage inside arena 1 (a duplicated map entry).
+			Name: "arena1-bitmap", Size: 32*mib + 4096, Codes: []string{btt.CodeBitmap}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				b, err := fresh(d, btt.V11, 4096, 16*mib)
+				if err != nil {
+					return err
+				}
+				_, mapOff, _, _, _ := arena(b, 1)
+				return put32(d, mapOff+4*7, 0xC0000000|8)
+			},
+		},
+		{
+			Name: "error-flag", Size: 20 * mib, Codes: []string{btt.CodeErrorFlag}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				if _, err := v11(d); err != nil {
+					return err
+				}
+				// Both copies carry the flag, as an implementation that set it would write.
+				if err := rewriteInfo(d, 4096, func(ib *btt.Info) { ib.Flags |= 1 }); err != nil {
+					return err
+				}
+				return rewriteInfo(d, d.Size()-4096, func(ib *btt.Info) { ib.Flags |= 1 })
+			},
+		},
+		{
+			// A checksummed info block with impossible geometry.
+			Name: "bad-geometry", Size: 20 * mib, Codes: []string{btt.CodeGeometry}, Exit: 4, RepairExit: 4,
+			Build: func(d pmem.Device) error {
+				if _, err := v11(d); err != nil {
+					return err
+				}
+				return rewriteInfo(d, 4096, func(ib *btt.Info) { ib.NFree = 0 })
+			},
+		},
+		{
+			// The image file was truncated: the arena runs past its end.
+			Name: "truncated", Size: 20 * mib, Truncate: 12 * mib, Codes: []string{btt.CodeGeometry}, Exit: 4, RepairExit: 4,
+			Build:    func(d pmem.Device) error { _, err := v11(d); return err },
+		},
+	}
+}
+
+// buildPadCompat reproduces ndctl's test/btt-pad-compat.xxd: a 64 MiB
+// v2.0 BTT, 4096-byte sectors, written by a pre-4.15 kernel (log slots 0
+// and 2), with LBA 0 written once through lane 6 (btt-format.md 10.9.4).
+func buildPadCompat(d pmem.Device) error {
+	b, err := btt.Create(d, btt.CreateOptions{Version: btt.V20, LBASize: 4096,
+		UUID: [16]byte{0xf0, 0xd6, 0x4d, 0x51, 0x7a, 0xd4, 0x44, 0xe2, 0x87, 0x57, 0x6b, 0x8e, 0x8e, 0x4f, 0x75, 0x00}})
+	if err != nil {
+		return err
+	}
+	a, mapOff, logOff, _, dataOff := arena(b, 0)
+	ext := a.Info.ExternalNLBA
+	if ext != 16105 {
+		return fmt.Errorf("pad-compat geometry: external_nlba %d", ext)
+	}
+	// The old layout: each lane's slot 0 = {k, ext+k, ext+k, 1}; the
+	// creation-time zero entry in slot 2 is all zero; slots 1, 3 zero.
+	free := ext + 6
+	if _, err := d.WriteAtPersist(bytes.Repeat([]byte("pad-compat LBA 0"), 256), dataOff+int64(free)*4096); err != nil {
+		return err
+	}
+	if err := putEntry(d, logOff+6*64+32, btt.LogEntry{LBA: 0, OldMap: 0, NewMap: free, Seq: 2}); err != nil {
+		return err
+	}
+	return put32(d, mapOff, 0xC0000000|free)
+}

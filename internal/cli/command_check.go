@@ -1,0 +1,153 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
+)
+
+// CheckJSON is the output of `nvblk check --json`.
+type CheckJSON struct {
+	Path     string        `json:"path"`
+	Repair   bool          `json:"repair"`
+	ExitCode int           `json:"exit_code"`
+	Error    string        `json:"error,omitempty"`
+	Report   *btt.Report   `json:"report,omitempty"`
+	Findings []btt.Finding `json:"findings"`
+}
+
+func newCheckCommand() *cobra.Command {
+	var repair, rewriteLog, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check [--repair] [--rewrite-log] [--json] PATH",
+		Short: "Check (and repair) the BTT metadata on a device or image, offline",
+		Long: `check reads the raw media: info blocks and their backups, the log (flog), the map
+and the bitmap invariant, and reports every finding. Without --repair it never writes.
+With --repair it performs only provably safe repairs (an info block from a verified copy,
+info2 from the primary, the roll-forward of an interrupted write), each a durable write,
+then checks again. --rewrite-log (with --repair) rewrites the log in the (0,1) format.
+
+Exit status (as fsck): 0 clean, 1 errors corrected, 4 errors left uncorrected,
+8 operational error, 16 usage error.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if rewriteLog && !repair {
+				return &ExitError{Code: 16, Err: errors.New("--rewrite-log needs --repair")}
+			}
+			return checkFunc(cmd, args[0], repair, rewriteLog, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&repair, "repair", false, "perform safe repairs")
+	f.BoolVar(&rewriteLog, "rewrite-log", false, "rewrite the log in the (0,1) format (with --repair; do not interrupt)")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool) error {
+	out := cmd.OutOrStdout()
+	res := CheckJSON{Path: path, Repair: repair, Findings: []btt.Finding{}}
+	finish := func(code int, err error) error {
+		res.ExitCode = code
+		if asJSON {
+			if err != nil {
+				res.Error = err.Error()
+			}
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			if jerr := enc.Encode(res); jerr != nil {
+				return jerr
+			}
+		}
+		if code == 0 {
+			return nil
+		}
+		if err == nil {
+			return &ExitError{Code: code}
+		}
+		return &ExitError{Code: code, Err: err}
+	}
+	dev, err := pmem.Open(path, pmem.Options{ReadOnly: !repair})
+	if err != nil {
+		return finish(8, err)
+	}
+	defer dev.Close()
+	opt := btt.CheckOptions{Repair: repair, RewriteLog: rewriteLog}
+	if !asJSON {
+		opt.OnFinding = func(f btt.Finding) { fmt.Fprintln(out, f.String()) }
+	}
+	if prog := newProgress(cmd.ErrOrStderr(), dev.Size()); prog != nil {
+		opt.Progress = prog.update
+		defer prog.done()
+	}
+	rep, err := btt.Check(dev, opt)
+	if err != nil {
+		return finish(8, fmt.Errorf("%s: %w", path, err))
+	}
+	res.Report = rep
+	res.Findings = rep.Findings
+	if !asJSON {
+		fmt.Fprintf(out, "%s: BTT %s at %#x, %d arena(s): %d error(s) found, %d repaired, %d remaining\n",
+			path, rep.Version, rep.Offset, rep.Arenas, rep.Errors, rep.Repaired, rep.Remaining)
+		if rep.Remaining > 0 && !repair {
+			fmt.Fprintln(out, "run with --repair to fix what can be fixed safely")
+		}
+	}
+	code := rep.ExitCode()
+	if code == 0 {
+		return finish(0, nil)
+	}
+	return finish(code, nil)
+}
+
+// progress draws a one-line bar on a terminal for devices of 1 GiB and
+// more; it stays silent when stderr is not a TTY.
+type progress struct {
+	w     io.Writer
+	last  time.Time
+	shown bool
+}
+
+func newProgress(w io.Writer, size int64) *progress {
+	f, ok := w.(*os.File)
+	if !ok || size < 1<<30 {
+		return nil
+	}
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return nil
+	}
+	return &progress{w: w}
+}
+
+func (p *progress) update(done, total uint64) {
+	if time.Since(p.last) < 100*time.Millisecond && done < total {
+		return
+	}
+	p.last = time.Now()
+	p.shown = true
+	const width = 40
+	n := int(done * width / max(total, 1))
+	bar := make([]byte, width)
+	for i := range bar {
+		bar[i] = ' '
+		if i < n {
+			bar[i] = '#'
+		}
+	}
+	fmt.Fprintf(p.w, "\rchecking map [%s] %3d%%", bar, done*100/max(total, 1))
+}
+
+func (p *progress) done() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
