@@ -24,6 +24,17 @@ func (s Severity) String() string { return [...]string{"info", "warning", "error
 // MarshalText makes severities readable in JSON.
 func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText parses "info", "warning" or "error".
+func (s *Severity) UnmarshalText(b []byte) error {
+	for v := SevInfo; v <= SevError; v++ {
+		if v.String() == string(b) {
+			*s = v
+			return nil
+		}
+	}
+	return fmt.Errorf("btt: unknown severity %q", b)
+}
+
 // Finding codes. The ndctl equivalents are noted; messages carry ndctl's
 // fragments so scripts written for ndctl check-namespace keep working.
 const (

@@ -16,13 +16,14 @@ import (
 )
 
 // CheckJSON is the output of `nvblk check --json`.
+// The report's fields (version, offset, arenas, findings, errors,
+// repaired, remaining) are inlined.
 type CheckJSON struct {
-	Path     string        `json:"path"`
-	Repair   bool          `json:"repair"`
-	ExitCode int           `json:"exit_code"`
-	Error    string        `json:"error,omitempty"`
-	Report   *btt.Report   `json:"report,omitempty"`
-	Findings []btt.Finding `json:"findings"`
+	Path     string `json:"path"`
+	Repair   bool   `json:"repair"`
+	ExitCode int    `json:"exit_code"`
+	Error    string `json:"error,omitempty"`
+	*btt.Report
 }
 
 func newCheckCommand() *cobra.Command {
@@ -55,7 +56,7 @@ Exit status (as fsck): 0 clean, 1 errors corrected, 4 errors left uncorrected,
 
 func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool) error {
 	out := cmd.OutOrStdout()
-	res := CheckJSON{Path: path, Repair: repair, Findings: []btt.Finding{}}
+	res := CheckJSON{Path: path, Repair: repair, Report: &btt.Report{Findings: []btt.Finding{}}}
 	finish := func(code int, err error) error {
 		res.ExitCode = code
 		if asJSON {
@@ -94,7 +95,6 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		return finish(8, fmt.Errorf("%s: %w", path, err))
 	}
 	res.Report = rep
-	res.Findings = rep.Findings
 	if !asJSON {
 		fmt.Fprintf(out, "%s: BTT %s at %#x, %d arena(s): %d error(s) found, %d repaired, %d remaining\n",
 			path, rep.Version, rep.Offset, rep.Arenas, rep.Errors, rep.Repaired, rep.Remaining)
