@@ -457,8 +457,49 @@ func (c *checker) checkArena(a *arena) {
 		c.add(Finding{Severity: SevInfo, Code: CodeLogFlags, Arena: i, Offset: a.logOff,
 			Message: fmt.Sprintf("%d lane(s) carry flag bits in log map fields (E: a remembered media error, Z|E: another implementation's style); masked, as Linux does", flagged)})
 	}
-	// 2. Map entries; the map is read once into memory in 4 KiB chunks.
-	post := make([]uint32, a.extNLBA) // resolved postmap per premap
+	// 2-3. Log vs map: a committed write whose map update was lost. The
+	// roll-forward is simulated for the map and bitmap checks (10.8.4).
+	rollfwd := map[uint32]uint32{}
+	e4 := make([]byte, 4)
+	for lane, ls := range lanes {
+		if !ls.valid {
+			continue
+		}
+		old, nw := ls.cur.OldMap&mapLBAMask, ls.cur.NewMap&mapLBAMask
+		if old == nw || ls.cur.LBA >= a.extNLBA {
+			continue
+		}
+		off := a.mapOff + 4*int64(ls.cur.LBA)
+		if !c.read(off, e4) {
+			continue // reported by the map pass
+		}
+		m, _ := decodeMap(binary.LittleEndian.Uint32(e4), ls.cur.LBA)
+		if nw != m && old == m {
+			var e [4]byte
+			binary.LittleEndian.PutUint32(e[:], mapNormal|nw)
+			c.fix(Finding{Severity: SevError, Code: CodeRollForward, Arena: i, Offset: off,
+				Message: fmt.Sprintf("lane %d: log entry does not match the map: LBA %d still maps to %d, the committed write put it in %d (interrupted write; the map entry needs updating, as Linux does at attach)", lane, ls.cur.LBA, old, nw),
+				Repair:  fmt.Sprintf("roll forward: map[%d] = %d", ls.cur.LBA, nw)}, e[:], off)
+			rollfwd[ls.cur.LBA] = nw
+		}
+	}
+	// Map entries, streamed in 4 KiB chunks, and the bitmap: every
+	// internal block referenced exactly once by the map and the free list.
+	// Memory: one bit per internal block, whatever the device size.
+	bm := make([]uint64, (uint64(a.intNLBA)+63)/64)
+	var dups []uint32 // blocks found referenced twice (first few)
+	dupCount := 0
+	mark := func(p uint32) bool {
+		w, bit := p/64, uint64(1)<<(p%64)
+		if bm[w]&bit != 0 {
+			if dupCount++; len(dups) < maxBitmapFindings {
+				dups = append(dups, p)
+			}
+			return false
+		}
+		bm[w] |= bit
+		return true
+	}
 	var nZero, nErr, oob uint64
 	chunk := make([]byte, 4096)
 	mapOK := true
@@ -478,13 +519,17 @@ func (c *checker) checkArena(a *arena) {
 			case MapError:
 				nErr++
 			}
+			if nw, ok := rollfwd[premap]; ok {
+				p = nw
+			}
 			if p >= a.intNLBA {
 				if oob++; oob <= maxBitmapFindings {
 					c.errorf(i, a.mapOff+4*int64(premap), CodeMapOOB, "", "LBA %d: out-of-bounds map entry %d (internal_nlba %d)", premap, p, a.intNLBA)
 				}
 				mapOK = false
+				continue
 			}
-			post[premap] = p
+			mark(p)
 		}
 		if c.opt.Progress != nil {
 			c.opt.Progress(uint64(start+n), uint64(a.extNLBA))
@@ -496,26 +541,6 @@ func (c *checker) checkArena(a *arena) {
 	if nZero+nErr > 0 {
 		c.add(Finding{Severity: SevInfo, Code: CodeMapStates, Arena: i, Offset: a.mapOff,
 			Message: fmt.Sprintf("%d sector(s) in the zero state, %d in the error state (reads fail until rewritten)", nZero, nErr)})
-	}
-	// 3. Log vs map: a committed write whose map update was lost.
-	for lane, ls := range lanes {
-		if !ls.valid {
-			continue
-		}
-		old, nw := ls.cur.OldMap&mapLBAMask, ls.cur.NewMap&mapLBAMask
-		if old == nw || ls.cur.LBA >= a.extNLBA {
-			continue
-		}
-		m := post[ls.cur.LBA]
-		if nw != m && old == m {
-			var e [4]byte
-			binary.LittleEndian.PutUint32(e[:], mapNormal|nw)
-			off := a.mapOff + 4*int64(ls.cur.LBA)
-			c.fix(Finding{Severity: SevError, Code: CodeRollForward, Arena: i, Offset: off,
-				Message: fmt.Sprintf("lane %d: log entry does not match the map: LBA %d still maps to %d, the committed write put it in %d (interrupted write; the map entry needs updating, as Linux does at attach)", lane, ls.cur.LBA, old, nw),
-				Repair:  fmt.Sprintf("roll forward: map[%d] = %d", ls.cur.LBA, nw)}, e[:], off)
-			post[ls.cur.LBA] = nw // simulate it for the bitmap (10.8.4)
-		}
 	}
 	// 4. info2.
 	prim := make([]byte, InfoSize)
@@ -532,61 +557,87 @@ func (c *checker) checkArena(a *arena) {
 			Message: fmt.Sprintf("info2 at %#x differs from the primary info block: info2 needs to be restored", a.info2Off),
 			Repair:  "copy the primary info block to info2"}, prim, a.info2Off)
 	}
-	// 5. Bitmap: every internal block referenced exactly once.
+	// 5. Bitmap, completed with the free list.
 	if logOK && mapOK {
-		c.bitmap(a, post, lanes2free(lanes, func(l laneState) (uint32, bool) { return l.cur.OldMap & mapLBAMask, l.valid }))
+		freeDup := map[uint32]int{}
+		for lane, ls := range lanes {
+			if b := ls.cur.OldMap & mapLBAMask; ls.valid && !mark(b) {
+				freeDup[b] = lane
+			}
+		}
+		c.reportBitmap(a, bm, dups, dupCount, freeDup, rollfwd)
 	}
 	// 6. --rewrite-log.
 	if c.opt.RewriteLog && logOK {
-		c.rewriteLog(a, lanes2entries(lanes, func(l laneState) LogEntry { return l.cur }))
-	}
-}
-
-func lanes2free[T any](ls []T, f func(T) (uint32, bool)) []uint32 {
-	out := make([]uint32, 0, len(ls))
-	for _, l := range ls {
-		if b, ok := f(l); ok {
-			out = append(out, b)
+		cur := make([]LogEntry, len(lanes))
+		for k, ls := range lanes {
+			cur[k] = ls.cur
 		}
+		c.rewriteLog(a, cur)
 	}
-	return out
 }
 
-func lanes2entries[T any](ls []T, f func(T) LogEntry) []LogEntry {
-	out := make([]LogEntry, len(ls))
-	for i, l := range ls {
-		out[i] = f(l)
-	}
-	return out
-}
-
-func (c *checker) bitmap(a *arena, post []uint32, free []uint32) {
+// reportBitmap names the blocks referenced twice (finding who references
+// them with a second pass over the map) and the leaked ones.
+func (c *checker) reportBitmap(a *arena, bm []uint64, dups []uint32, dupCount int, freeDup map[uint32]int, rollfwd map[uint32]uint32) {
 	i := a.idx
-	owner := make([]int64, a.intNLBA) // 0 free, >0 LBA+1, <0 -(lane+1)
 	reported := 0
 	report := func(format string, args ...any) {
-		reported++
-		if reported <= maxBitmapFindings {
+		if reported++; reported <= maxBitmapFindings {
 			c.errorf(i, a.dataOff, CodeBitmap, "", "bitmap error: internal blocks are incorrectly referenced: "+format, args...)
 		}
 	}
-	for premap, p := range post {
-		if o := owner[p]; o != 0 {
-			report("block %d referenced by two map entries (LBA %d and %s)", p, premap, ownerName(o))
+	if len(dups) > 0 {
+		refs := map[uint32][]uint32{}
+		for _, d := range dups {
+			refs[d] = nil
+		}
+		chunk := make([]byte, 4096)
+		for start := uint32(0); start < a.extNLBA; start += 1024 {
+			n := min(1024, a.extNLBA-start)
+			if _, err := c.dev.ReadAt(chunk[:4*n], a.mapOff+4*int64(start)); err != nil {
+				continue
+			}
+			for k := uint32(0); k < n; k++ {
+				p, _ := decodeMap(binary.LittleEndian.Uint32(chunk[4*k:]), start+k)
+				if nw, ok := rollfwd[start+k]; ok {
+					p = nw
+				}
+				if r, ok := refs[p]; ok && len(r) < 2 {
+					refs[p] = append(r, start+k)
+				}
+			}
+		}
+		for _, d := range dups {
+			r := refs[d]
+			if lane, ok := freeDup[d]; ok {
+				who := "no map entry"
+				if len(r) > 0 {
+					who = fmt.Sprintf("LBA %d", r[0])
+				}
+				report("block %d referenced by two map/log entries (free in lane %d, and %s)", d, lane, who)
+			} else if len(r) >= 2 {
+				report("block %d referenced by two map entries (LBA %d and LBA %d)", d, r[0], r[1])
+			} else {
+				report("block %d referenced twice", d)
+			}
+		}
+		if dupCount > len(dups) {
+			reported += dupCount - len(dups)
+		}
+	}
+	for w, word := range bm {
+		if word == ^uint64(0) {
 			continue
 		}
-		owner[p] = int64(premap) + 1
-	}
-	for lane, f := range free {
-		if o := owner[f]; o != 0 {
-			report("block %d referenced by two map/log entries (free in lane %d, and %s)", f, lane, ownerName(o))
-			continue
-		}
-		owner[f] = -int64(lane) - 1
-	}
-	for b, o := range owner {
-		if o == 0 {
-			report("block %d is referenced by neither the map nor the free list (leaked)", b)
+		for bit := 0; bit < 64; bit++ {
+			b := uint64(w)*64 + uint64(bit)
+			if b >= uint64(a.intNLBA) {
+				break
+			}
+			if word&(1<<bit) == 0 {
+				report("block %d is referenced by neither the map nor the free list (leaked)", b)
+			}
 		}
 	}
 	if reported > maxBitmapFindings {

@@ -16,7 +16,7 @@ go vet ./...
 GOARCH=arm64 go vet ./internal/cacheflush/ ./pmem/
 go test -race -count=1 -timeout 15m ./...
 
-# The crash explorer's full run (>= 100000 crash states) without the race
-# detector, which would make it ten times slower; the -race run above
-# explores a smaller number of states with the detector on.
-go test -count=1 -run 'TestCrash' -v ./btt/ | grep -E '^(crash-states:|--- |ok|FAIL|PASS)'
+# The crash explorer's full run (>= 100000 crash states) and the check of a
+# 1 TiB image, without the race detector, which would make them many times
+# slower; the -race run above explores fewer states with the detector on.
+go test -count=1 -run 'TestCrash|Test1TiB' -v ./btt/ | grep -E '^(crash-states:|--- |ok|FAIL|PASS)'
