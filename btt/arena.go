@@ -12,6 +12,10 @@ import (
 // block cannot make Open allocate without limit. Linux and PMDK write 256.
 const MaxNFree = 1 << 16
 
+// MaxLBASize bounds the external LBA size accepted from media (buffers
+// are sized by it). Linux's largest is 4224; PMDK accepts any bsize.
+const MaxLBASize = 1 << 20
+
 // maxArenas bounds the arena walk (2 PiB of 512 GiB arenas).
 const maxArenas = 4096
 

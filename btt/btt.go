@@ -30,6 +30,17 @@ type Options struct {
 	// Logger receives notices (backup info block in use, arena error
 	// flag). Nil discards them.
 	Logger *slog.Logger
+	// At, when set, opens the BTT whose arena 0 starts at this device
+	// offset (any version) instead of probing 4096 (1.1) and 0 (2.0).
+	// PMDK pools keep their BTT at offset 0 of the area after the pool
+	// headers.
+	At *int64
+	// PMDK selects libpmemblk's semantics where they differ from Linux
+	// (pmdk-pool-format.md 1.7): never-written (identity) blocks read as
+	// zeros, sectors are the whole external LBA (no integrity metadata),
+	// and log entries carry map-style flag bits, which libpmemblk's
+	// recovery compares unmasked.
+	PMDK bool
 }
 
 // CreateOptions control Create.
@@ -39,6 +50,9 @@ type CreateOptions struct {
 	UUID       [16]byte // BTT uuid; zero means random
 	ParentUUID [16]byte // namespace uuid; zero for label-less namespaces
 	NFree      uint32   // default 256 (what Linux writes)
+	// InternalLBASize overrides the internal block size (PMDK rounds
+	// max(bsize, 512) up to 256; Linux rounds up to 64). 0: Linux.
+	InternalLBASize uint32
 	// MaxArenaSize splits the device into arenas of at most this many
 	// bytes (default and maximum 512 GiB, what Linux does). Smaller values
 	// give multi-arena BTTs on small devices, for tests; Linux reads them.
@@ -61,6 +75,7 @@ type BTT struct {
 	lanes      []lane
 	readOnly   bool
 	backup     bool // opened from a backup info block
+	pmdk       bool // libpmemblk semantics (Options.PMDK)
 	closed     atomic.Bool
 	log        *slog.Logger
 	zeros      []byte
@@ -189,6 +204,10 @@ func (b *BTT) readSector(l *lane, lba uint64, dst []byte) error {
 		return &SectorError{Op: "read", LBA: lba, Err: err}
 	}
 	post, st := decodeMap(raw, premap)
+	if st == MapIdentity && b.pmdk {
+		clear(dst) // libpmemblk: a never-written block reads as zeros
+		return nil
+	}
 	rtt := &a.rtt[l.idx].v
 	for {
 		switch st {
@@ -323,11 +342,19 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 	if old >= a.intNLBA {
 		return corruptf(a.idx, a.mapOff+4*int64(premap), "map entry for LBA %d points at block %d, past internal_nlba %d", premap, old, a.intNLBA)
 	}
-	oldField := old
+	oldField, newField := old, nb
 	if st == MapError {
 		oldField |= mapE
 	}
-	e := LogEntry{LBA: premap, OldMap: oldField, NewMap: nb, Seq: fe.seq}
+	if b.pmdk {
+		// libpmemblk logs the raw map entry (identity promoted to a
+		// normal entry) and the new entry with both flags.
+		oldField, newField = raw, mapNormal|nb
+		if st == MapIdentity {
+			oldField = mapNormal | premap
+		}
+	}
+	e := LogEntry{LBA: premap, OldMap: oldField, NewMap: newField, Seq: fe.seq}
 	e.Encode(l.buf[:])
 	off := a.slotOff(l.idx, a.logIdx[fe.sub])
 	// P2a: {lba, old_map}; P2b: {new_map, seq}. seq lands last, so a torn

@@ -101,6 +101,9 @@ type CheckOptions struct {
 	OnFinding func(Finding)
 	// Progress, if set, is called with map entries checked and the total.
 	Progress func(done, total uint64)
+	// At, when set, checks the BTT whose arena 0 is at this offset (any
+	// version), as in a PMDK pool, instead of probing 4096 and 0.
+	At *int64
 }
 
 // Report is the result of Check.
@@ -183,7 +186,7 @@ func Check(dev pmem.Device, opt CheckOptions) (*Report, error) {
 		return rep, err
 	}
 	// Re-check after repairs: anything still wrong stays uncorrected.
-	after, err := check(dev, CheckOptions{ParentUUID: opt.ParentUUID})
+	after, err := check(dev, CheckOptions{ParentUUID: opt.ParentUUID, At: opt.At})
 	if err != nil {
 		return rep, err
 	}
@@ -231,6 +234,26 @@ func versionFits(ib Info, off int64) bool {
 
 // findFirst locates arena 0's info block (10.2), recovering it (10.3).
 func (c *checker) findFirst() (Info, bool) {
+	if c.opt.At != nil {
+		off := *c.opt.At
+		if c.verifyAt(off, c.buf) {
+			ib := DecodeInfo(c.buf)
+			if ib.Major != 0 {
+				c.initOff, c.version = off, Version{ib.Major, ib.Minor}
+				return ib, true
+			}
+		}
+		at := backupOffset(c.dev.Size(), off, off)
+		buf := make([]byte, InfoSize)
+		if c.verifyAt(at, buf) {
+			if ib := DecodeInfo(buf); ib.Major != 0 && ib.Info2Off != 0 && off+int64(ib.Info2Off) == at {
+				c.initOff, c.version = off, Version{ib.Major, ib.Minor}
+				c.restoreInfo(0, off, at, ib)
+				return ib, true
+			}
+		}
+		return Info{}, false
+	}
 	for _, off := range []int64{InitialOffset11, InitialOffset20} {
 		if c.verifyAt(off, c.buf) {
 			ib := DecodeInfo(c.buf)

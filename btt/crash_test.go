@@ -105,6 +105,7 @@ type explorer struct {
 	mapRegs  [][2]int64 // [mapoff, entries] per arena (namespace offsets)
 	extStart []uint64
 	buf      []byte
+	open     btt.Options // how images are opened (PMDK pools need At and PMDK)
 }
 
 func sectorData(ss int, lba uint64, gen uint32) []byte {
@@ -192,7 +193,7 @@ func (x *explorer) enumerate(ev pmemtest.Event) {
 func (x *explorer) check(img *pmemtest.CrashMem, ev pmemtest.Event, how string) {
 	x.stats.states++
 	where := fmt.Sprintf("seed %d, op %s LBA %d gen %d, at %s (%s)", x.seed, x.inflight.kind, x.inflight.lba, x.inflight.gen, ev, how)
-	b, err := btt.Open(img, btt.Options{Lanes: 2})
+	b, err := btt.Open(img, x.open)
 	if err != nil {
 		x.stats.fail(&x.stats.openFailures, "%s: open: %v", where, err)
 		return
@@ -215,12 +216,12 @@ func (x *explorer) check(img *pmemtest.CrashMem, ev pmemtest.Event, how string) 
 			}
 		}
 	}
-	if rep, err := btt.Check(img, btt.CheckOptions{}); err != nil || !rep.Clean() {
+	if rep, err := btt.Check(img, btt.CheckOptions{At: x.open.At}); err != nil || !rep.Clean() {
 		x.stats.fail(&x.stats.checkFailures, "%s: nvblk check: %v %v", where, err, rep)
 		return
 	}
 	// A second open reads the same.
-	b2, err := btt.Open(img, btt.Options{Lanes: 2})
+	b2, err := btt.Open(img, x.open)
 	if err != nil {
 		x.stats.fail(&x.stats.openFailures, "%s: second open: %v", where, err)
 		return
@@ -298,7 +299,7 @@ func (x *explorer) postRecovery(b *btt.BTT, img *pmemtest.CrashMem, where string
 			return
 		}
 	}
-	if err := btt.VerifyPermutation(img); err != nil {
+	if err := btt.VerifyPermutation(img, x.open); err != nil {
 		x.stats.fail(&x.stats.checkFailures, "%s: after post-recovery writes: %v", where, err)
 	}
 }
@@ -313,19 +314,27 @@ type crashConfig struct {
 	perPoint  int
 	nTracked  int
 	zeroErrOK bool
+	pmdk      bool // a libpmemblk-style BTT: arena 0 at offset 0, version 1.1, PMDK semantics
 }
 
 // runExplorer runs one workload and returns its statistics.
 func runExplorer(t *testing.T, cfg crashConfig, seed uint64) crashStats {
 	t.Helper()
 	dev := pmemtest.NewCrashMem(cfg.devSize)
+	open := btt.Options{Lanes: 2}
+	if cfg.pmdk {
+		zero := int64(0)
+		open.At, open.PMDK = &zero, true
+	}
+	copts := open
+	copts.Lanes = 4
 	b, err := btt.Create(dev, btt.CreateOptions{Version: cfg.version, LBASize: cfg.lbasize, MaxArenaSize: cfg.maxArena,
-		Options: btt.Options{Lanes: 4}})
+		Options: copts})
 	if err != nil {
 		t.Fatal(err)
 	}
 	x := &explorer{seed: seed, rng: rand.New(rand.NewPCG(seed, 0xc4a5)), ss: b.SectorSize(), dev: dev,
-		state: map[uint64]secState{}, isTrack: map[uint64]bool{}, perPoint: cfg.perPoint, exhaust: 512, postEach: 64}
+		state: map[uint64]secState{}, isTrack: map[uint64]bool{}, perPoint: cfg.perPoint, exhaust: 512, postEach: 64, open: open}
 	maxMap := int64(0)
 	for _, a := range b.Arenas() {
 		n := int64(a.Info.ExternalNLBA)
@@ -405,6 +414,7 @@ var crashConfigs = []crashConfig{
 	{name: "v1.1-512", devSize: 16<<20 + 4096, version: btt.V11, lbasize: 512, nTracked: 8, zeroErrOK: true},
 	{name: "two-arenas-4096", devSize: 32<<20 + 4096, version: btt.V11, lbasize: 4096, maxArena: 16 << 20, nTracked: 10, zeroErrOK: true},
 	{name: "v2.0-4160", devSize: 16 << 20, version: btt.V20, lbasize: 4160, nTracked: 6},
+	{name: "pmdk-4096", devSize: 16 << 20, version: btt.V11, lbasize: 4096, nTracked: 6, zeroErrOK: true, pmdk: true},
 }
 
 // TestCrashExplorer is the proof of atomicity: N crash states, none torn,

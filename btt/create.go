@@ -48,8 +48,19 @@ func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 	if opt.LBASize == 0 {
 		opt.LBASize = 4096
 	}
-	if !LBASizeSupported(opt.LBASize) {
+	if !opt.PMDK && !LBASizeSupported(opt.LBASize) {
 		return nil, fmt.Errorf("btt: sector size %d is not supported (want one of %v)", opt.LBASize, SupportedLBASizes)
+	}
+	internal := opt.InternalLBASize
+	if internal == 0 {
+		internal = uint32(roundUp(uint64(opt.LBASize), InternalAlign))
+		if opt.PMDK {
+			internal = PMDKInternalLBASize(opt.LBASize)
+		}
+	}
+	init := opt.Version.InitialOffset()
+	if opt.At != nil {
+		init = *opt.At
 	}
 	if opt.NFree == 0 {
 		opt.NFree = DefaultNFree
@@ -67,15 +78,17 @@ func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 	if maxArena < ArenaMinSize {
 		return nil, fmt.Errorf("btt: arena size %d is below the %d-byte minimum", maxArena, ArenaMinSize)
 	}
-	layout, err := computeLayout(dev.Size(), opt.Version, opt.LBASize, opt.NFree, maxArena)
+	layout, err := computeLayout(dev.Size(), init, opt.LBASize, internal, opt.NFree, maxArena)
 	if err != nil {
 		return nil, err
 	}
 	// Wipe the other version's info block position (ndctl zeroes the
 	// first 8 KiB when it sets up a personality), so a stale BTT of the
 	// other version cannot be probed.
-	if err := zeroRange(dev, 0, 2*PageSize); err != nil {
-		return nil, fmt.Errorf("btt: create: %w", err)
+	if opt.At == nil {
+		if err := zeroRange(dev, 0, 2*PageSize); err != nil {
+			return nil, fmt.Errorf("btt: create: %w", err)
+		}
 	}
 	buf := make([]byte, InfoSize)
 	for i, a := range layout {
@@ -83,7 +96,12 @@ func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 			return nil, fmt.Errorf("btt: create arena %d: %w", i, err)
 		}
 	}
-	return Open(dev, opt.Options)
+	o := opt.Options
+	if opt.At != nil {
+		o.At = opt.At
+	}
+	o.PMDK = o.PMDK || opt.PMDK
+	return Open(dev, o)
 }
 
 func writeArena(dev pmem.Device, a ArenaLayout, opt CreateOptions, buf []byte) error {
@@ -98,6 +116,9 @@ func writeArena(dev pmem.Device, a ArenaLayout, opt CreateOptions, buf []byte) e
 	var e [LogEntrySize]byte
 	for lane := uint32(0); lane < a.NFree; lane++ {
 		blk := a.ExternalNLBA + lane
+		if opt.PMDK {
+			blk |= mapZ // libpmemblk's initial entries carry the zero flag
+		}
 		LogEntry{LBA: lane, OldMap: blk, NewMap: blk, Seq: 1}.Encode(e[:])
 		if _, err := dev.WriteAt(e[:], logOff+int64(lane)*LogGroupSize); err != nil {
 			return err

@@ -10,8 +10,13 @@ import (
 // dev: each internal block is referenced exactly once by the union of the
 // map entries (identity rule applied, a pending roll-forward simulated)
 // and the lanes' free blocks. It never writes.
-func VerifyPermutation(dev pmem.Device) error {
-	b, err := Open(dev, Options{ReadOnly: true, Lanes: 1})
+func VerifyPermutation(dev pmem.Device, opts ...Options) error {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	o.ReadOnly, o.Lanes = true, 1
+	b, err := Open(dev, o)
 	if err != nil {
 		return err
 	}

@@ -44,17 +44,22 @@ func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
 // ComputeLayout returns the arenas Linux's create_arenas/alloc_arena lay
 // out on a namespace of nsSize bytes (btt-format.md section 3).
 func ComputeLayout(nsSize int64, v Version, lbasize, nfree uint32) ([]ArenaLayout, error) {
-	return computeLayout(nsSize, v, lbasize, nfree, ArenaMaxSize)
+	return computeLayout(nsSize, v.InitialOffset(), lbasize, uint32(roundUp(uint64(lbasize), InternalAlign)), nfree, ArenaMaxSize)
 }
 
-func computeLayout(nsSize int64, v Version, lbasize, nfree uint32, maxArena int64) ([]ArenaLayout, error) {
-	if lbasize < 512 {
-		return nil, fmt.Errorf("btt: sector size %d is below 512", lbasize)
+// PMDKInternalLBASize is libpmemblk's internal block size for bsize:
+// max(bsize, 512) rounded up to 256.
+func PMDKInternalLBASize(bsize uint32) uint32 {
+	return uint32(roundUp(uint64(max(bsize, 512)), 256))
+}
+
+func computeLayout(nsSize, init int64, lbasize, internal, nfree uint32, maxArena int64) ([]ArenaLayout, error) {
+	if lbasize == 0 || lbasize > MaxLBASize || internal < lbasize || internal < 512 {
+		return nil, fmt.Errorf("btt: sector size %d (internal %d) is not supported", lbasize, internal)
 	}
 	if nfree == 0 || nfree > MaxNFree {
 		return nil, fmt.Errorf("btt: nfree %d outside [1, %d]", nfree, MaxNFree)
 	}
-	init := v.InitialOffset()
 	if nsSize-init < ArenaMinSize {
 		return nil, fmt.Errorf("btt: a %d-byte namespace is too small for a BTT (need %d bytes after the %d-byte initial offset)",
 			nsSize, ArenaMinSize, init)
@@ -68,7 +73,7 @@ func computeLayout(nsSize int64, v Version, lbasize, nfree uint32, maxArena int6
 		if asz < ArenaMinSize {
 			break
 		}
-		a, err := arenaLayout(asz, lbasize, nfree)
+		a, err := arenaLayout(asz, lbasize, internal, nfree)
 		if err != nil {
 			return nil, err
 		}
@@ -84,8 +89,8 @@ func computeLayout(nsSize int64, v Version, lbasize, nfree uint32, maxArena int6
 	return arenas, nil
 }
 
-func arenaLayout(size uint64, lbasize, nfree uint32) (ArenaLayout, error) {
-	L := roundUp(uint64(lbasize), InternalAlign)
+func arenaLayout(size uint64, lbasize, intSize, nfree uint32) (ArenaLayout, error) {
+	L := uint64(intSize)
 	avail := size - size%PageSize
 	avail -= 2 * PageSize
 	logsize := roundUp(uint64(nfree)*LogGroupSize, PageSize)

@@ -75,6 +75,26 @@ func probe(dev pmem.Device, parent *[16]byte) (probeResult, error) {
 	return probeResult{}, ErrNotFound
 }
 
+// probeAt looks for a BTT whose arena 0 starts at off (any version),
+// falling back to that arena's backup info block.
+func probeAt(dev pmem.Device, off int64, parent *[16]byte) (probeResult, error) {
+	buf := make([]byte, InfoSize)
+	if off >= 0 && readInfo(dev, off, buf) == nil && Verify(buf, parent) == InfoOK {
+		ib := DecodeInfo(buf)
+		if ib.Major != 0 {
+			return probeResult{version: Version{ib.Major, ib.Minor}, initOff: off, info: ib}, nil
+		}
+	}
+	b2 := backupOffset(dev.Size(), off, off)
+	if off >= 0 && b2 >= 0 && readInfo(dev, b2, buf) == nil && Verify(buf, parent) == InfoOK {
+		ib := DecodeInfo(buf)
+		if ib.Major != 0 && ib.Info2Off != 0 && off+int64(ib.Info2Off) == b2 {
+			return probeResult{version: Version{ib.Major, ib.Minor}, initOff: off, info: ib, backup: true}, nil
+		}
+	}
+	return probeResult{}, ErrNotFound
+}
+
 func info2Matches(dev pmem.Device, c probeResult, buf []byte) bool {
 	off := c.initOff + int64(c.info.Info2Off)
 	if c.info.Info2Off == 0 || off < 0 || off > dev.Size()-InfoSize {
@@ -106,7 +126,13 @@ func backupOffset(devSize, initOff, arenaOff int64) int64 {
 // backup is good, the BTT opens read-only and FromBackup reports it;
 // `nvblk check --repair` restores the primary.
 func Open(dev pmem.Device, opt Options) (*BTT, error) {
-	pr, err := probe(dev, opt.ParentUUID)
+	var pr probeResult
+	var err error
+	if opt.At != nil {
+		pr, err = probeAt(dev, *opt.At, opt.ParentUUID)
+	} else {
+		pr, err = probe(dev, opt.ParentUUID)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +145,7 @@ func Open(dev pmem.Device, opt Options) (*BTT, error) {
 		lbasize:  pr.info.ExternalLBASize,
 		readOnly: opt.ReadOnly,
 		log:      opt.Logger,
+		pmdk:     opt.PMDK,
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -131,6 +158,9 @@ func Open(dev pmem.Device, opt Options) (*BTT, error) {
 		b.log.Warn("btt: a primary info block is damaged; opened read-only from its backup. Run `nvblk check --repair` to restore it")
 	}
 	b.sectorSize = SectorSizeFor(b.lbasize)
+	if b.pmdk {
+		b.sectorSize = b.lbasize // a PMDK block is all data
+	}
 	b.zeros = make([]byte, b.sectorSize)
 	nl := opt.Lanes
 	if nl <= 0 {
@@ -203,7 +233,7 @@ func parseArena(i int, off int64, ib Info, devSize int64, lbasize uint32) (*aren
 	if ib.ExternalLBASize != lbasize {
 		return nil, bad("external_lbasize %d differs from arena 0's %d", ib.ExternalLBASize, lbasize)
 	}
-	if ib.ExternalLBASize < 512 || ib.InternalLBASize < ib.ExternalLBASize {
+	if ib.ExternalLBASize == 0 || ib.ExternalLBASize > MaxLBASize || ib.InternalLBASize < ib.ExternalLBASize || ib.InternalLBASize < 512 {
 		return nil, bad("bad sector sizes: external %d, internal %d", ib.ExternalLBASize, ib.InternalLBASize)
 	}
 	if ib.NFree == 0 || ib.NFree > MaxNFree {
