@@ -308,8 +308,9 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 		return &SectorError{Op: "write", LBA: lba, Err: corruptf(a.idx, a.logOff, "free block %d past internal_nlba %d", nb, a.intNLBA)}
 	}
 	a.waitRTT(nb)
-	// P1: the data, durable in the free block.
-	if _, err := b.dev.WriteAtPersist(src, a.blockOff(nb)); err != nil {
+	// P1: the data into the free block. Its write-back is started here and
+	// completed by the fence that also completes P2a (see commit).
+	if _, err := b.dev.WriteAtFlush(src, a.blockOff(nb)); err != nil {
 		fe.hasErr = true
 		return &SectorError{Op: "write", LBA: lba, Err: err}
 	}
@@ -358,8 +359,14 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 	e.Encode(l.buf[:])
 	off := a.slotOff(l.idx, a.logIdx[fe.sub])
 	// P2a: {lba, old_map}; P2b: {new_map, seq}. seq lands last, so a torn
-	// entry keeps its old seq and stays the older slot.
-	if _, err := b.dev.WriteAtPersist(l.buf[0:8], off); err != nil {
+	// entry keeps its old seq and stays the older slot. P1 and P2a need no
+	// order between them (P2a alone leaves the slot older, ignored by
+	// recovery); both must be durable before P2b: one fence serves both.
+	if _, err := b.dev.WriteAtFlush(l.buf[0:8], off); err != nil {
+		a.failed.Store(true)
+		return err
+	}
+	if err := b.dev.Drain(); err != nil {
 		a.failed.Store(true)
 		return err
 	}

@@ -4,11 +4,12 @@ package btt
 
 // BrokenOrderings names every broken ordering the crash explorer must catch.
 var BrokenOrderings = map[string]int{
-	"map-before-log":   orderMapBeforeLog,
-	"seq-before-first": orderSeqFirst,
-	"log-one-write":    orderLogOneWrite,
-	"data-not-flushed": orderNoDataPersist,
-	"data-after-log":   orderDataAfterLog,
+	"map-before-log":      orderMapBeforeLog,
+	"seq-before-first":    orderSeqFirst,
+	"log-one-write":       orderLogOneWrite,
+	"data-not-flushed":    orderNoDataPersist,
+	"data-after-log":      orderDataAfterLog,
+	"no-fence-before-seq": orderNoFenceBeforeSeq,
 }
 
 // SetBrokenOrdering selects a broken ordering (0 restores the correct one).

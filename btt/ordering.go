@@ -6,12 +6,13 @@ package btt
 var brokenOrdering int
 
 const (
-	orderCorrect       = iota
-	orderMapBeforeLog  // P3 before P2: the map points at the new block before the log commits
-	orderSeqFirst      // P2b (new_map, seq) before P2a (lba, old_map)
-	orderLogOneWrite   // the 16-byte log entry as one write and one persistence point
-	orderNoDataPersist // P1 stored but never flushed
-	orderDataAfterLog  // P2 and P3 before P1
+	orderCorrect          = iota
+	orderMapBeforeLog     // P3 before P2: the map points at the new block before the log commits
+	orderSeqFirst         // P2b (new_map, seq) before P2a (lba, old_map)
+	orderLogOneWrite      // the 16-byte log entry as one write and one persistence point
+	orderNoDataPersist    // P1 stored but never flushed
+	orderDataAfterLog     // P2 and P3 before P1
+	orderNoFenceBeforeSeq // P1 and P2a flushed but not fenced before P2b
 )
 
 // writeSectorBroken is writeSector with the ordering brokenOrdering
@@ -22,8 +23,12 @@ func (b *BTT) writeSectorBroken(l *lane, a *arena, premap uint32, src []byte) er
 	nb := fe.block
 	a.waitRTT(nb)
 	data := func() error {
-		if brokenOrdering == orderNoDataPersist {
+		switch brokenOrdering {
+		case orderNoDataPersist:
 			_, err := b.dev.WriteAt(src, a.blockOff(nb))
+			return err
+		case orderNoFenceBeforeSeq:
+			_, err := b.dev.WriteAtFlush(src, a.blockOff(nb))
 			return err
 		}
 		_, err := b.dev.WriteAtPersist(src, a.blockOff(nb))
@@ -56,6 +61,10 @@ func (b *BTT) writeSectorBroken(l *lane, a *arena, premap uint32, src []byte) er
 		case orderSeqFirst:
 			if _, err = b.dev.WriteAtPersist(ent[8:16], off+8); err == nil {
 				_, err = b.dev.WriteAtPersist(ent[0:8], off)
+			}
+		case orderNoFenceBeforeSeq:
+			if _, err = b.dev.WriteAtFlush(ent[0:8], off); err == nil {
+				_, err = b.dev.WriteAtFlush(ent[8:16], off+8)
 			}
 		case orderLogOneWrite:
 			if _, err = b.dev.WriteAt(ent[:], off); err == nil {

@@ -36,6 +36,11 @@ type Device interface {
 	// WriteAtPersist writes p at off and returns once it is durable.
 	// Large copies use non-temporal stores where the CPU has them.
 	WriteAtPersist(p []byte, off int64) (int, error)
+	// WriteAtFlush writes p at off and starts its write-back (non-temporal
+	// stores or cache-line flushes); it is durable after the next Drain.
+	// It lets a caller make several writes durable with one fence when
+	// their mutual order does not matter.
+	WriteAtFlush(p []byte, off int64) (int, error)
 
 	// Flush starts writing back the range [off, off+n) to the persistence
 	// domain. The data is durable only after a later Drain.

@@ -246,7 +246,7 @@ func (d *mapDev) zeroBytes(off, n int64) error {
 	var zeros [chunk]byte
 	for done := int64(0); done < n; {
 		c := min(n-done, chunk)
-		if _, err := d.write(zeros[:c], off+done, false); err != nil {
+		if _, err := d.write(zeros[:c], off+done, 0); err != nil {
 			return err
 		}
 		if err := d.flush(off+done, c); err != nil {

@@ -132,7 +132,9 @@ func (d *mapDev) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (d *mapDev) write(p []byte, off int64, persist bool) (int, error) {
+// write stores p at off; persist: 0 plain store, 1 store and start the
+// write-back (no fence), 2 store and make durable.
+func (d *mapDev) write(p []byte, off int64, persist int) (int, error) {
 	n := int64(len(p))
 	op := "write"
 	if err := d.check(op, off, n); err != nil {
@@ -145,13 +147,21 @@ func (d *mapDev) write(p []byte, off int64, persist bool) (int, error) {
 		return 0, nil
 	}
 	mediaErr := d.bb.checkWrite(off, n)
-	if err := d.writeGuarded(p, off, persist); err != nil {
+	if err := d.writeGuarded(p, off, persist > 0); err != nil {
 		return 0, err
 	}
-	if persist {
+	switch {
+	case persist == 2:
 		if err := d.persist(off, n); err != nil {
 			return 0, err
 		}
+	case persist == 1 && !d.cpuFlush():
+		if err := d.flush(off, n); err != nil {
+			return 0, err
+		}
+	case persist == 1 && n < cacheflush.NTThreshold:
+		// CopyNT used ordinary stores for a small copy: flush them.
+		cacheflush.Flush(unsafe.Pointer(&d.data[off]), uintptr(n))
 	}
 	if mediaErr {
 		return len(p), &MediaError{Op: op, Off: off, Len: n, Why: "badblock not cleared by an unaligned write"}
@@ -159,9 +169,11 @@ func (d *mapDev) write(p []byte, off int64, persist bool) (int, error) {
 	return len(p), nil
 }
 
-func (d *mapDev) WriteAt(p []byte, off int64) (int, error) { return d.write(p, off, false) }
+func (d *mapDev) WriteAt(p []byte, off int64) (int, error) { return d.write(p, off, 0) }
 
-func (d *mapDev) WriteAtPersist(p []byte, off int64) (int, error) { return d.write(p, off, true) }
+func (d *mapDev) WriteAtFlush(p []byte, off int64) (int, error) { return d.write(p, off, 1) }
+
+func (d *mapDev) WriteAtPersist(p []byte, off int64) (int, error) { return d.write(p, off, 2) }
 
 func (d *mapDev) Flush(off, n int64) error {
 	if err := d.check("flush", off, n); err != nil {

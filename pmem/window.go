@@ -74,6 +74,13 @@ func (w *Window) WriteAtPersist(p []byte, off int64) (int, error) {
 	return w.d.WriteAtPersist(p, w.off+off)
 }
 
+func (w *Window) WriteAtFlush(p []byte, off int64) (int, error) {
+	if err := w.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	return w.d.WriteAtFlush(p, w.off+off)
+}
+
 func (w *Window) Flush(off, n int64) error {
 	if err := w.check("flush", off, n); err != nil {
 		return err

@@ -58,6 +58,7 @@ func RunConformance(t *testing.T, factory func(t *testing.T, size int64) pmem.De
 		{"FlushPersistRange", confFlushPersistRange},
 		{"FlushDrainPersist", confFlushDrainPersist},
 		{"WriteAtPersist", confWriteAtPersist},
+		{"WriteAtFlush", confWriteAtFlush},
 		{"BadBlocks", confBadBlocks},
 		{"Concurrent", confConcurrent},
 		{"Close", confClose},
@@ -326,6 +327,30 @@ func confWriteAtPersist(t *testing.T, d pmem.Device) {
 			t.Fatalf("ReadAt(%d bytes, %d): %v", len(p), s[0], err)
 		}
 		checkSame(t, "read back after WriteAtPersist", got, p)
+	}
+	checkSame(t, "whole device", readAll(t, d), model)
+}
+
+func confWriteAtFlush(t *testing.T, d pmem.Device) {
+	size := d.Size()
+	rng := rand.New(rand.NewPCG(5, 6))
+	model := readAll(t, d)
+	spans := [][2]int64{{0, 1}, {1, 7}, {8, 8}, {60, 8}, {511, 514}, {4096, 4096}, {100000, 70000}, {size - 3, 3}}
+	for range 50 {
+		off := rng.Int64N(size)
+		spans = append(spans, [2]int64{off, 1 + rng.Int64N(min(size-off, 9000))})
+	}
+	for _, s := range spans {
+		p := randBytes(rng, int(s[1]))
+		if n, err := d.WriteAtFlush(p, s[0]); err != nil || n != len(p) {
+			t.Fatalf("WriteAtFlush(%d bytes, %d) = %d, %v", len(p), s[0], n, err)
+		}
+		copy(model[s[0]:], p)
+		got := make([]byte, len(p))
+		if _, err := d.ReadAt(got, s[0]); err != nil {
+			t.Fatalf("ReadAt(%d bytes, %d): %v", len(p), s[0], err)
+		}
+		checkSame(t, "read back after WriteAtFlush", got, p)
 	}
 	checkSame(t, "whole device", readAll(t, d), model)
 }

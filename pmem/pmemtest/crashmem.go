@@ -235,6 +235,19 @@ func (m *CrashMem) WriteAtPersist(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// WriteAtFlush stores p at off and flushes its lines: WriteAt followed by
+// Flush. It is durable after the next Drain.
+func (m *CrashMem) WriteAtFlush(p []byte, off int64) (int, error) {
+	n, err := m.WriteAt(p, off)
+	if n == 0 {
+		return 0, err
+	}
+	if ferr := m.Flush(off, int64(n)); ferr != nil && err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
 // Flush starts the write-back of the 64-byte lines covering [off, off+n):
 // their dirty words become pending with their current value. They are
 // durable after the next Drain.

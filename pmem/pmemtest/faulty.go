@@ -360,6 +360,16 @@ func (f *Faulty) WriteAtPersist(p []byte, off int64) (int, error) {
 	return f.dev.WriteAtPersist(p, off)
 }
 
+// WriteAtFlush writes and flushes unless the injector fails it (as a
+// WritePersist operation), in which case nothing is stored (or, with
+// SetStoreOnFail, stored but not flushed).
+func (f *Faulty) WriteAtFlush(p []byte, off int64) (int, error) {
+	if err := f.maybeFail(OpWritePersist, off, int64(len(p))); err != nil {
+		return f.failWrite(p, off, err)
+	}
+	return f.dev.WriteAtFlush(p, off)
+}
+
 // Flush flushes unless the injector fails it, in which case nothing is
 // flushed.
 func (f *Faulty) Flush(off, n int64) error {
