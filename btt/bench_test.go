@@ -2,12 +2,12 @@ package btt_test
 
 import (
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -16,16 +16,7 @@ import (
 // (what issue 10's figures use); without it tmpfs gets msync.
 func benchBTT(b *testing.B) *btt.BTT {
 	b.Helper()
-	dir := "/dev/shm"
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		dir = b.TempDir()
-	}
-	dir, err := os.MkdirTemp(dir, "nvblk-bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	dev, err := pmem.Open(filepath.Join(dir, "btt.img"), pmem.Options{CreateSize: 1 << 30})
+	dev, err := pmem.Open(filepath.Join(testutil.ShmDir(b), "btt.img"), pmem.Options{CreateSize: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}

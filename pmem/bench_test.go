@@ -1,26 +1,17 @@
 package pmem_test
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/pmem"
 )
 
 // benchDevice maps a 64 MiB file on tmpfs (/dev/shm), prefaulted.
 func benchDevice(b *testing.B) pmem.Device {
 	b.Helper()
-	dir := "/dev/shm"
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		dir = b.TempDir()
-	}
-	dir, err := os.MkdirTemp(dir, "nvblk-bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	d, err := pmem.Open(filepath.Join(dir, "bench.img"), pmem.Options{CreateSize: 64 << 20})
+	d, err := pmem.Open(filepath.Join(testutil.ShmDir(b), "bench.img"), pmem.Options{CreateSize: 64 << 20})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -29,83 +20,49 @@ func benchDevice(b *testing.B) pmem.Device {
 	for off := int64(0); off < d.Size(); off += int64(len(buf)) {
 		d.WriteAt(buf, off)
 	}
+	b.Logf("mode %s", d.Mode())
 	return d
 }
 
 const benchBlocks = (64 << 20) / 4096
 
-// BenchmarkWriteAtPersist4K: 4 KiB WriteAt + Persist (the mode the file
-// gets: msync on tmpfs, or CPU flushes with PMEM_IS_PMEM_FORCE=1).
-func BenchmarkWriteAtPersist4K(b *testing.B) {
-	d := benchDevice(b)
-	p := make([]byte, 4096)
+// benchBlocksLoop calls op on a scattered 4 KiB block offset per iteration.
+func benchBlocksLoop(b *testing.B, op func(off int64)) {
 	b.SetBytes(4096)
 	i := 0
 	for b.Loop() {
-		off := int64(i%benchBlocks) * 4096
-		d.WriteAt(p, off)
-		d.Persist(off, 4096)
+		op(int64(i%benchBlocks) * 4096)
 		i += 7
 	}
-	b.Logf("mode %s", d.Mode())
+}
+
+// BenchmarkWriteAtPersist4K: 4 KiB WriteAt + Persist (the mode the file
+// gets: msync on tmpfs, or CPU flushes with PMEM_IS_PMEM_FORCE=1).
+func BenchmarkWriteAtPersist4K(b *testing.B) {
+	d, p := benchDevice(b), make([]byte, 4096)
+	benchBlocksLoop(b, func(off int64) { d.WriteAt(p, off); d.Persist(off, 4096) })
 }
 
 // BenchmarkWriteAtPersistNT4K: the copy-and-persist path (non-temporal
 // stores) of WriteAtPersist.
 func BenchmarkWriteAtPersistNT4K(b *testing.B) {
-	d := benchDevice(b)
-	p := make([]byte, 4096)
-	b.SetBytes(4096)
-	i := 0
-	for b.Loop() {
-		d.WriteAtPersist(p, int64(i%benchBlocks)*4096)
-		i += 7
-	}
+	d, p := benchDevice(b), make([]byte, 4096)
+	benchBlocksLoop(b, func(off int64) { d.WriteAtPersist(p, off) })
 }
 
 func BenchmarkReadAt4K(b *testing.B) {
-	d := benchDevice(b)
-	p := make([]byte, 4096)
-	b.SetBytes(4096)
-	i := 0
-	for b.Loop() {
-		d.ReadAt(p, int64(i%benchBlocks)*4096)
-		i += 7
-	}
+	d, p := benchDevice(b), make([]byte, 4096)
+	benchBlocksLoop(b, func(off int64) { d.ReadAt(p, off) })
 }
 
 // BenchmarkPlainCopy4K: a plain copy into the same kind of mapping, the
 // floor the device layer is measured against.
 func BenchmarkPlainCopy4K(b *testing.B) {
-	d := benchDevice(b)
-	m := mapping(b, d)
-	p := make([]byte, 4096)
-	b.SetBytes(4096)
-	i := 0
-	for b.Loop() {
-		off := (i % benchBlocks) * 4096
-		copy(m[off:off+4096], p)
-		i += 7
-	}
+	m, p := pmem.MappingForTest(benchDevice(b)), make([]byte, 4096)
+	benchBlocksLoop(b, func(off int64) { copy(m[off:off+4096], p) })
 }
 
 func BenchmarkPlainLoad4K(b *testing.B) {
-	d := benchDevice(b)
-	m := mapping(b, d)
-	p := make([]byte, 4096)
-	b.SetBytes(4096)
-	i := 0
-	for b.Loop() {
-		off := (i % benchBlocks) * 4096
-		copy(p, m[off:off+4096])
-		i += 7
-	}
-}
-
-func mapping(b *testing.B, d pmem.Device) []byte {
-	m := pmem.MappingForTest(d)
-	if m == nil {
-		b.Fatal("no mapping")
-	}
-	return m
+	m, p := pmem.MappingForTest(benchDevice(b)), make([]byte, 4096)
+	benchBlocksLoop(b, func(off int64) { copy(p, m[off:off+4096]) })
 }

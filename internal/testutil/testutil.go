@@ -137,3 +137,19 @@ func (k *KernelImage) Extract(t testing.TB, dir string) string {
 	}
 	return dst
 }
+
+// ShmDir returns a fresh directory on tmpfs (/dev/shm), removed at the end
+// of the test, or a t.TempDir() where /dev/shm is missing: benchmarks map
+// files there, as PMDK's measurements did.
+func ShmDir(t testing.TB) string {
+	t.Helper()
+	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+		return t.TempDir()
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "nvblk-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}

@@ -725,3 +725,27 @@ func TestCrashDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteAtFlushDurableAfterDrain: WriteAtFlush data may be lost until
+// the next Drain, and is durable after it.
+func TestWriteAtFlushDurableAfterDrain(t *testing.T) {
+	m := NewCrashMem(1 << 16)
+	p := bytes.Repeat([]byte{0xAB}, 4096)
+	if _, err := m.WriteAtFlush(p, 4096); err != nil {
+		t.Fatal(err)
+	}
+	lost := m.CrashDurableOnly()
+	got := make([]byte, 4096)
+	lost.ReadAt(got, 4096)
+	if bytes.Equal(got, p) {
+		t.Fatal("WriteAtFlush durable before any Drain")
+	}
+	if err := m.Drain(); err != nil {
+		t.Fatal(err)
+	}
+	kept := m.CrashDurableOnly()
+	kept.ReadAt(got, 4096)
+	if !bytes.Equal(got, p) {
+		t.Fatal("WriteAtFlush + Drain not durable")
+	}
+}
