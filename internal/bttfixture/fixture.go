@@ -391,7 +391,7 @@ func Cases() []Case {
 		{
 			// The image file was truncated: the arena runs past its end.
 			Name: "truncated", Size: 20 * mib, Truncate: 12 * mib, Codes: []string{btt.CodeGeometry}, Exit: 4, RepairExit: 4,
-			Build:    func(d pmem.Device) error { _, err := v11(d); return err },
+			Build: func(d pmem.Device) error { _, err := v11(d); return err },
 		},
 	}
 }
