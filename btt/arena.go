@@ -23,10 +23,11 @@ const rttValid = 1 << 31
 
 // freeEntry is a lane's in-memory free-list entry (btt.h struct free_entry).
 type freeEntry struct {
-	block  uint32 // the free internal block this lane writes next
-	sub    uint8  // entry slot (0 or 1, an index into logIdx) the next log entry goes to
-	seq    uint32 // sequence number of the next log entry
-	hasErr bool   // block must be cleared before use
+	block  uint32   // the free internal block this lane writes next
+	sub    uint8    // entry slot (0 or 1, an index into logIdx) the next log entry goes to
+	seq    uint32   // sequence number of the next log entry
+	hasErr bool     // block must be cleared before use
+	_      [48]byte // one cache line per lane: lanes run on different CPUs
 }
 
 type paddedMutex struct {

@@ -86,7 +86,7 @@ type lane struct {
 	mu  sync.Mutex
 	idx int
 	buf [16]byte
-	_   [32]byte
+	_   [96]byte // keep lanes on separate cache lines, whatever the slice alignment
 }
 
 // acquire takes a free lane, trying a random one first.
