@@ -6,6 +6,25 @@ set -euo pipefail
 
 # Debian packages the interop tests use. Keep this list in one place.
 PKGS=(
+	linux-image-amd64
+	qemu-system-x86
+	busybox-static
+	ndctl
+	gcc
+	pkg-config
+	libpmemblk-dev
+	pmdk-tools
+	qemu-utils
+	libnbd-bin
+	python3-libnbd
+	nbdkit
+	fio
+	fuse3
+	e2fsprogs
+	gdisk
+	fdisk
+	util-linux
+	xfsprogs
 )
 
 missing=()

@@ -51,6 +51,7 @@ Exit status (as fsck): 0 clean, 1 errors corrected, 4 errors left uncorrected,
 	f.BoolVar(&repair, "repair", false, "perform safe repairs")
 	f.BoolVar(&rewriteLog, "rewrite-log", false, "rewrite the log in the (0,1) format (with --repair; do not interrupt)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
+	addPartitionFlag(cmd)
 	return cmd
 }
 
@@ -77,7 +78,7 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		}
 		return &ExitError{Code: code, Err: err}
 	}
-	dev, err := pmem.Open(path, pmem.Options{ReadOnly: !repair})
+	dev, err := openTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: !repair})
 	if err != nil {
 		return finish(8, err)
 	}
@@ -90,14 +91,14 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		opt.Progress = prog.update
 		defer prog.done()
 	}
-	rep, err := btt.Check(dev, opt)
+	rep, what, err := checkTarget(dev, path, opt)
 	if err != nil {
-		return finish(8, fmt.Errorf("%s: %w", path, err))
+		return finish(exitCodeOf(err, 8), fmt.Errorf("%s: %w", path, err))
 	}
 	res.Report = rep
 	if !asJSON {
-		fmt.Fprintf(out, "%s: BTT %s at %#x, %d arena(s): %d error(s) found, %d repaired, %d remaining\n",
-			path, rep.Version, rep.Offset, rep.Arenas, rep.Errors, rep.Repaired, rep.Remaining)
+		fmt.Fprintf(out, "%s: %s, %d arena(s): %d error(s) found, %d repaired, %d remaining\n",
+			path, what, rep.Arenas, rep.Errors, rep.Repaired, rep.Remaining)
 		if rep.Remaining > 0 && !repair {
 			fmt.Fprintln(out, "run with --repair to fix what can be fixed safely")
 		}

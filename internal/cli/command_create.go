@@ -1,14 +1,12 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
-	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
 )
@@ -31,12 +29,13 @@ func newCreateCommand() *cobra.Command {
 		RunE:  func(cmd *cobra.Command, args []string) error { return createFunc(cmd, args[0], o) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.format, "format", "linux", "on-media format: linux (BTT 1.1 at byte 4096), uefi (BTT 2.0 at byte 0)")
+	f.StringVar(&o.format, "format", "linux", "on-media format: linux (BTT 1.1 at byte 4096), uefi (BTT 2.0 at byte 0), pmemblk (PMDK libpmemblk pool; --sector-size is its block size, any 1 to 1 MiB)")
 	f.Uint32Var(&o.sectorSize, "sector-size", DefaultSectorSize, "external sector size: 512, 520, 528, 4096, 4104, 4160 or 4224")
 	f.StringVar(&o.size, "size", "", "size of a new image file (64M, 1G, 1T or bytes); default 1G")
 	f.BoolVar(&o.force, "force", false, "overwrite an existing BTT")
 	f.StringVar(&o.uuid, "uuid", "", "BTT uuid (default random)")
 	f.StringVar(&o.parent, "parent-uuid", "", "namespace uuid to record as parent_uuid (default none)")
+	addPartitionFlag(cmd)
 	return cmd
 }
 
@@ -48,9 +47,9 @@ func createFunc(cmd *cobra.Command, path string, o *createOptions) error {
 	case "uefi":
 		v = btt.V20
 	case "pmemblk":
-		return &ExitError{Code: 1, Err: errors.New("create --format pmemblk: PMDK pools are not supported yet")}
+		return createPool(cmd, path, o)
 	default:
-		return &ExitError{Code: 16, Err: fmt.Errorf("unknown --format %q (want linux or uefi)", o.format)}
+		return &ExitError{Code: 16, Err: fmt.Errorf("unknown --format %q (want linux, uefi or pmemblk)", o.format)}
 	}
 	opt := btt.CreateOptions{Version: v, LBASize: o.sectorSize}
 	for _, u := range []struct {
@@ -75,7 +74,7 @@ func createFunc(cmd *cobra.Command, path string, o *createOptions) error {
 	}
 	_, statErr := os.Stat(path)
 	existed := statErr == nil
-	dev, err := pmem.Open(path, pmem.Options{CreateSize: size})
+	dev, err := openTarget(path, partitionOf(cmd), pmem.Options{CreateSize: size})
 	if err != nil {
 		return err
 	}
@@ -83,7 +82,7 @@ func createFunc(cmd *cobra.Command, path string, o *createOptions) error {
 	if existed && o.size != "" && dev.Size() != size {
 		return fmt.Errorf("%s exists with %d bytes, not the %d asked by --size", path, dev.Size(), size)
 	}
-	if drv, desc := block.Probe(dev); drv.Name != "raw" && !o.force {
+	if drv, desc := probeTarget(dev); drv.Name != "raw" && !o.force {
 		return fmt.Errorf("%s already holds %s; use --force to overwrite it", path, desc)
 	}
 	b, err := btt.Create(dev, opt)

@@ -11,6 +11,7 @@ import (
 	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/pmemblk"
 )
 
 // InfoJSON is the stable output of `nvblk info --json`.
@@ -29,6 +30,7 @@ type InfoJSON struct {
 	ReadOnly   bool        `json:"read_only"`
 	FromBackup bool        `json:"from_backup,omitempty"`
 	Arenas     []ArenaJSON `json:"arenas,omitempty"`
+	Pool       *PoolJSON   `json:"pool,omitempty"` // pmemblk pools only
 }
 
 // ArenaJSON describes one arena; offsets are as stored (arena-relative)
@@ -62,7 +64,7 @@ func newInfoCommand() *cobra.Command {
 					return err
 				}
 			}
-			bd, drv, dev, err := openBlock(path, true)
+			bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), true)
 			if err != nil {
 				return err
 			}
@@ -79,12 +81,16 @@ func newInfoCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addPartitionFlag(cmd)
 	return cmd
 }
 
 func describe(path string, dev pmem.Device, bd block.Device, drv block.Driver) InfoJSON {
 	info := InfoJSON{Path: path, DeviceSize: dev.Size(), Mode: dev.Mode(), Format: drv.Name,
 		SectorSize: bd.SectorSize(), Sectors: bd.Sectors(), LBASize: uint32(bd.SectorSize())}
+	if p, ok := bd.(*pmemblk.Pool); ok {
+		describePool(&info, p)
+	}
 	if b, ok := bd.(*btt.BTT); ok {
 		info.Format = "linux"
 		if b.Version().Major >= 2 {
@@ -111,6 +117,10 @@ func describe(path string, dev pmem.Device, bd block.Device, drv block.Driver) I
 
 func printInfo(w io.Writer, i InfoJSON) {
 	fmt.Fprintf(w, "device:      %s (%d bytes, persistence %s)\n", i.Path, i.DeviceSize, i.Mode)
+	if i.Pool != nil {
+		printPoolInfo(w, i)
+		return
+	}
 	if i.Format == "raw" {
 		fmt.Fprintf(w, "format:      raw (no BTT found; %d sectors of %d bytes, no atomicity)\n", i.Sectors, i.SectorSize)
 		return
@@ -122,7 +132,11 @@ func printInfo(w io.Writer, i InfoJSON) {
 	if i.FromBackup {
 		fmt.Fprintf(w, "WARNING:     a primary info block is damaged; read-only from its backup. Run `nvblk check --repair`.\n")
 	}
-	for n, a := range i.Arenas {
+	printArenas(w, i.Arenas)
+}
+
+func printArenas(w io.Writer, arenas []ArenaJSON) {
+	for n, a := range arenas {
 		fmt.Fprintf(w, "arena %d:     at %#x: %d external / %d internal blocks of %d bytes, nfree %d, flags %#x, log (%d,%d)\n",
 			n, a.Offset, a.ExternalNLBA, a.InternalNLBA, a.InternalLBASize, a.NFree, a.Flags, a.LogIndex[0], a.LogIndex[1])
 		fmt.Fprintf(w, "             data %#x map %#x log %#x info2 %#x next %#x\n", a.DataOff, a.MapOff, a.LogOff, a.Info2Off, a.NextOff)

@@ -16,7 +16,7 @@ func newReadCommand() *cobra.Command {
 		Short: "Write sectors to stdout (default: from --lba to the end of the device)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bd, _, dev, err := openBlock(args[0], true)
+			bd, _, dev, err := openBlockTarget(args[0], partitionOf(cmd), true)
 			if err != nil {
 				return err
 			}
@@ -48,6 +48,7 @@ func newReadCommand() *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
 	cmd.Flags().Uint64Var(&count, "count", 0, "number of sectors (default: to the end)")
+	addPartitionFlag(cmd)
 	return cmd
 }
 
@@ -58,7 +59,7 @@ func newWriteCommand() *cobra.Command {
 		Short: "Write whole sectors from stdin starting at --lba; each sector is atomic and durable",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bd, _, dev, err := openBlock(args[0], false)
+			bd, _, dev, err := openBlockTarget(args[0], partitionOf(cmd), false)
 			if err != nil {
 				return err
 			}
@@ -96,6 +97,7 @@ func newWriteCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
+	addPartitionFlag(cmd)
 	return cmd
 }
 
@@ -113,7 +115,7 @@ func newZeroCommand() *cobra.Command {
 		Short: "Make sectors read as zeros (the BTT zero state)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bd, _, dev, err := openBlock(args[0], false)
+			bd, _, dev, err := openBlockTarget(args[0], partitionOf(cmd), false)
 			if err != nil {
 				return err
 			}
@@ -125,5 +127,6 @@ func newZeroCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
 	cmd.Flags().Uint64Var(&count, "count", 1, "number of sectors")
 	_ = cmd.MarkFlagRequired("lba")
+	addPartitionFlag(cmd)
 	return cmd
 }

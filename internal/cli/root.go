@@ -51,7 +51,8 @@ func NewRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newCreateCommand(), newInfoCommand(), newReadCommand(), newWriteCommand(),
-		newZeroCommand(), newBenchCommand(), newCheckCommand())
+		newZeroCommand(), newBenchCommand(), newServeCommand(), newCheckCommand(),
+		newPartitionCommand(), newListCommand())
 	return root
 }
 
