@@ -1,0 +1,32 @@
+#!/bin/busybox sh
+# /init of the nvblk kernel-interop guest: mount the pseudo filesystems, load
+# the nvdimm modules, run the host's job (/job.sh), power off. See
+# guest_lib.sh for the helpers and the output protocol.
+export PATH=/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+. /etc/nvblk/lib.sh
+
+echo "@@NVBLK-BEGIN $(uname -r) cpus=$(nproc)"
+echo "@@L - kernel $(uname -r) $(uname -v)"
+# Modules in dependency order (the host resolved modules.dep).
+while read -r m; do
+	insmod "/$m" || nv_e - "insmod $m failed"
+done </etc/nvblk/modules
+
+nv_phase modules loaded
+if [ -r /job.sh ]; then
+	. /job.sh
+else
+	nv_e - "no /job.sh in the initramfs"
+fi
+
+nv_phase job done
+nv_dmesg
+echo "@@NVBLK-END"
+sync
+poweroff -f

@@ -1,0 +1,97 @@
+// Package nbd is nvblk's Network Block Device server: it serves any
+// block.Device (a BTT, a raw device, later a GPT partition) to NBD
+// clients such as qemu, libnbd (nbdinfo, nbdcopy, nbdfuse, nbdsh), fio's
+// nbd engine and the Linux kernel's nbd-client.
+//
+// The authority for every wire format and rule is doc/proto.md of
+// NetworkBlockDevice/nbd; constants in protocol.go carry its names.
+//
+//	srv := nbd.NewServer(nbd.Options{})
+//	srv.AddExport("", "my disk", dev, false)   // "" is the default export
+//	ln, _ := net.Listen("tcp", "127.0.0.1:10809")
+//	go srv.Serve(ln)
+//	...
+//	srv.Shutdown(ctx) // stop, drain in-flight requests, Flush every export
+//
+// # Handshake
+//
+// Fixed newstyle only (oldstyle is obsolete). The server sets
+// NBD_FLAG_FIXED_NEWSTYLE and NBD_FLAG_NO_ZEROES and understands these
+// options:
+//
+//	NBD_OPT_EXPORT_NAME       enter transmission (unknown name: close, as the spec says)
+//	NBD_OPT_INFO, NBD_OPT_GO  NBD_INFO_EXPORT, NAME, DESCRIPTION and, always,
+//	                          NBD_INFO_BLOCK_SIZE; unknown name: NBD_REP_ERR_UNKNOWN
+//	NBD_OPT_LIST              one NBD_REP_SERVER (name + description) per export
+//	NBD_OPT_STRUCTURED_REPLY  structured replies for the rest of the session
+//	NBD_OPT_ABORT             NBD_REP_ACK, then close
+//
+// Everything else (STARTTLS, the meta-context options, unknown numbers)
+// gets NBD_REP_ERR_UNSUP, so clients fall back. NBD_REP_ERR_BLOCK_SIZE_REQD
+// is never sent: clients that use NBD_OPT_EXPORT_NAME are served, and
+// their misaligned requests fail with EINVAL.
+//
+// # Block sizes
+//
+// NBD_INFO_BLOCK_SIZE advertises minimum = the device's sector size (the
+// BTT's atomic unit), preferred = max(4096, sector size) and maximum =
+// Options.MaxBlockSize (32 MiB by default) rounded down to a whole
+// number of sectors. The export size is sectors × sector size.
+//
+// # Transmission
+//
+// Flags: HAS_FLAGS, SEND_FLUSH, CAN_MULTI_CONN, and either READ_ONLY or
+// SEND_FUA + SEND_TRIM + SEND_WRITE_ZEROES; SEND_DF once structured
+// replies are on (a read is always answered with a single chunk).
+//
+//	READ           device ReadSectors; with structured replies one
+//	               NBD_REPLY_TYPE_OFFSET_DATA chunk with NBD_REPLY_FLAG_DONE
+//	WRITE          device WriteSectors
+//	TRIM,          device ZeroSectors: the BTT zero state, a map flag. No
+//	WRITE_ZEROES   block is freed, so NBD_CMD_FLAG_NO_HOLE is honoured as is.
+//	FLUSH, FUA     device Flush (see Durability)
+//	DISC           finish the requests in flight, then close
+//
+// CACHE, BLOCK_STATUS and FAST_ZERO are not advertised; a request using
+// them gets EINVAL. Each connection has one reader goroutine and
+// Options.Workers worker goroutines; at most Options.MaxInFlight
+// requests and Options.MaxInFlightBytes payload bytes are in flight per
+// connection (the reader waits beyond that), and replies, which may
+// leave out of order, are serialised by a per-connection mutex. Read
+// and write buffers come from size-class pools with room for the reply
+// header in front, so the steady-state data path does not allocate and
+// a read reply is a single write.
+//
+// # Durability
+//
+// A block.Device write is durable when WriteSectors returns (the BTT's
+// contract: data block, log and map entry are each persisted before it
+// returns; ZeroSectors likewise). A reply is sent only after the device
+// call returns, so every acknowledged WRITE, TRIM and WRITE_ZEROES is
+// already on stable media. NBD_CMD_FLUSH and NBD_CMD_FLAG_FUA therefore
+// only call Device.Flush, which for the BTT drains the device. Because
+// the state is device-global, a flush on one connection covers writes
+// acknowledged on every other one: this is what NBD_FLAG_CAN_MULTI_CONN
+// promises. Shutdown flushes every writable export after the last
+// connection ends.
+//
+// # Errors
+//
+// Request errors are mapped in one place, ErrnoOf: out of range or
+// misaligned → EINVAL, read-only → EPERM, anything else → EIO; unknown
+// commands and flags → EINVAL. A failed request is answered with its
+// error (with a message in a structured error chunk when negotiated) and
+// the connection carries on. Only violations that make the byte stream
+// impossible to follow end a connection: a wrong magic, a truncated
+// message, unknown client flags, an option longer than 64 KiB, more than
+// 1024 options, a handshake longer than Options.HandshakeTimeout, or a
+// WRITE whose payload exceeds the advertised maximum (the protocol
+// allows a hard disconnect for those). Every allocation is bounded by a
+// value validated first. A connection's failure, or a panic while
+// serving it, never stops the server or other connections.
+//
+// # Security
+//
+// There is no TLS and no authentication: listen on 127.0.0.1 or a unix
+// socket (the nvblk CLI does so by default).
+package nbd

@@ -1,0 +1,139 @@
+package nbd
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzRequestDecode: any 28 bytes decode to a request or ErrProtocol,
+// validation never panics and every accepted request lies inside the
+// export and is aligned; encoding round-trips.
+func FuzzRequestDecode(f *testing.F) {
+	for _, r := range []request{
+		{typ: cmdRead, handle: 1, offset: 4096, length: 4096},
+		{typ: cmdWrite, flags: cmdFlagFUA, handle: 2, offset: 0, length: 512},
+		{typ: cmdWriteZeroes, flags: cmdFlagNoHole, offset: 1 << 20, length: 1 << 20},
+		{typ: cmdRead, offset: ^uint64(0), length: ^uint32(0)},
+		{typ: cmdFlush},
+		{typ: 0xffff, flags: 0xffff},
+	} {
+		b := make([]byte, requestLen)
+		putRequest(b, r)
+		f.Add(b)
+	}
+	f.Add([]byte("not a request at all, 28 by"))
+	f.Add([]byte{})
+	dev := newMemDev(512, 4096)
+	srv := NewServer(Options{MaxBlockSize: 1 << 20})
+	if err := srv.AddExport("", "", dev, false); err != nil {
+		f.Fatal(err)
+	}
+	ex := srv.lookup("")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeRequest(b)
+		if err != nil {
+			return
+		}
+		b2 := make([]byte, requestLen)
+		putRequest(b2, r)
+		if !bytes.Equal(b2, b[:requestLen]) {
+			t.Fatalf("round trip: % x != % x", b2, b[:requestLen])
+		}
+		for _, structured := range []bool{false, true} {
+			c := &conn{ex: ex, structured: structured}
+			errno, msg := c.check(&r)
+			if errno != 0 {
+				if msg == "" {
+					t.Fatalf("error %d without a message", errno)
+				}
+				continue
+			}
+			if r.typ == cmdFlush {
+				continue
+			}
+			if r.offset%512 != 0 || r.length%512 != 0 || r.offset+uint64(r.length) > ex.Size || r.offset > ex.Size {
+				t.Fatalf("accepted a bad request %+v", r)
+			}
+			if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > ex.Maximum {
+				t.Fatalf("accepted %d bytes over the maximum", r.length)
+			}
+		}
+	})
+}
+
+// FuzzInfoRequest: the NBD_OPT_INFO/GO decoder never reads out of
+// bounds and never returns more than it was given.
+func FuzzInfoRequest(f *testing.F) {
+	f.Add(infoData(""))
+	f.Add(infoData("disk", infoName, infoBlockSize))
+	f.Add(be.AppendUint32(nil, 0xffffffff))
+	f.Add(append(infoData("x"), 1, 2, 3))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeInfoRequest(b)
+		if err != nil {
+			return
+		}
+		if len(r.name) > len(b) || 4+len(r.name)+2+2*len(r.infos) != len(b) {
+			t.Fatalf("decoded %q + %d infos from %d bytes", r.name, len(r.infos), len(b))
+		}
+	})
+}
+
+// FuzzHandshake feeds arbitrary client bytes (after the greeting) to a
+// server connection: option haggling and, if the input gets there,
+// transmission. The server must end the connection without panicking
+// (a panic is contained by serve and reported in its error).
+func FuzzHandshake(f *testing.F) {
+	flags := be.AppendUint32(nil, clientFixedNewstyle|clientNoZeroes)
+	opt := func(o uint32, data []byte) []byte {
+		b := be.AppendUint64(nil, magicOption)
+		b = be.AppendUint32(b, o)
+		b = be.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	req := func(typ, fl uint16, off uint64, n uint32, payload []byte) []byte {
+		b := make([]byte, requestLen)
+		putRequest(b, request{typ: typ, flags: fl, handle: 5, offset: off, length: n})
+		return append(b, payload...)
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	f.Add(cat(flags, opt(optGo, infoData("", infoBlockSize)), req(cmdRead, 0, 0, 512, nil), req(cmdDisc, 0, 0, 0, nil)))
+	f.Add(cat(flags, opt(optStructuredReply, nil), opt(optGo, infoData("")),
+		req(cmdWrite, cmdFlagFUA, 512, 512, make([]byte, 512)), req(cmdRead, 0, 0, 1024, nil),
+		req(cmdTrim, 0, 0, 512, nil), req(cmdWriteZeroes, cmdFlagNoHole, 0, 512, nil), req(cmdFlush, 0, 0, 0, nil),
+		req(cmdRead, 0, 3, 512, nil), req(99, 0, 0, 0, nil)))
+	f.Add(cat(flags, opt(optExportName, nil), req(cmdRead, 0, 0, 4096, nil)))
+	f.Add(cat(flags, opt(optList, nil), opt(optInfo, infoData("nope")), opt(99, []byte("x")), opt(optAbort, nil)))
+	f.Add(cat(flags, opt(optGo, be.AppendUint32(nil, 0xffffffff))))
+	f.Add(cat(flags, opt(optExportName, nil), req(cmdWrite, 0, 0, 0xffffffff, nil)))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte("IHAVEOPT"))
+
+	dev := newMemDev(512, 64)
+	srv := NewServer(Options{Workers: 2, MaxInFlight: 4, MaxBlockSize: 64 << 10, HandshakeTimeout: 2 * time.Second})
+	if err := srv.AddExport("", "", dev, false); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cl, sv := net.Pipe()
+		defer cl.Close()
+		go io.Copy(io.Discard, cl) // drain the server's output
+		done := make(chan error, 1)
+		go func() { done <- srv.ServeConn(sv) }()
+		cl.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		cl.Write(in)
+		cl.Close()
+		select {
+		case err := <-done:
+			if err != nil && strings.Contains(err.Error(), "panic") || containedPanics.Load() != 0 {
+				t.Fatalf("server panicked: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection did not end")
+		}
+	})
+}

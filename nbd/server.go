@@ -1,0 +1,410 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/bits"
+	"net"
+	"runtime/debug"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nvblk/nvblk/block"
+)
+
+// Limits of the protocol and of this server.
+const (
+	// MaxStringLen is the longest export name or description accepted
+	// or sent (the protocol's hard limit for strings).
+	MaxStringLen = 4096
+	// DefaultMaxBlockSize is the default maximum payload of one READ or
+	// WRITE (NBD_INFO_BLOCK_SIZE maximum).
+	DefaultMaxBlockSize = 32 << 20
+	// maxOptionLen bounds the data of one option during the handshake;
+	// a longer option ends the connection (a denial-of-service guard the
+	// protocol allows). NBD_OPT_GO with a 4096-byte name fits easily.
+	maxOptionLen = 64 << 10
+	// maxOptions bounds the options of one handshake.
+	maxOptions = 1024
+)
+
+// Options configure a Server. The zero value gives the defaults.
+type Options struct {
+	// MaxBlockSize is the largest READ or WRITE payload in bytes,
+	// advertised as the maximum block size. It is rounded down to a
+	// multiple of each export's sector size. Default 32 MiB; values
+	// below 64 KiB are raised to 64 KiB.
+	MaxBlockSize uint32
+	// Workers is the number of goroutines executing the requests of one
+	// connection. Default 8.
+	Workers int
+	// MaxInFlight bounds the requests of one connection that have been
+	// read but not yet answered; the connection's reader stops reading
+	// until one completes. Default 64.
+	MaxInFlight int
+	// MaxInFlightBytes bounds the READ and WRITE payload bytes of one
+	// connection's requests in flight (so buffer memory per connection
+	// is bounded whatever the client sends). Default and minimum: twice
+	// the maximum block size.
+	MaxInFlightBytes int64
+	// MaxConns bounds concurrent connections; more are closed at once.
+	// Default 256.
+	MaxConns int
+	// HandshakeTimeout bounds the option haggling of one connection.
+	// Default 30 s.
+	HandshakeTimeout time.Duration
+	// DefaultExport names the export selected by the empty export name
+	// when no export is literally named "". Optional.
+	DefaultExport string
+	// Logger receives connection events and protocol violations. Nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxBlockSize == 0 {
+		o.MaxBlockSize = DefaultMaxBlockSize
+	}
+	if o.MaxBlockSize < 64<<10 {
+		o.MaxBlockSize = 64 << 10
+	}
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 64
+	}
+	if o.MaxInFlight < o.Workers {
+		o.MaxInFlight = o.Workers
+	}
+	if floor := 2 * int64(o.MaxBlockSize); o.MaxInFlightBytes < floor {
+		o.MaxInFlightBytes = floor
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 256
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// ExportInfo describes one export as clients see it.
+type ExportInfo struct {
+	Name        string
+	Description string
+	Size        uint64 // bytes
+	SectorSize  uint32 // bytes; the advertised minimum block size
+	Preferred   uint32 // bytes; the advertised preferred block size
+	Maximum     uint32 // bytes; the advertised maximum block size
+	ReadOnly    bool
+}
+
+type export struct {
+	ExportInfo
+	dev   block.Device
+	shift uint // log2(SectorSize)
+}
+
+// Server serves block devices over NBD. Create it with NewServer, add
+// exports, then call Serve with one or more listeners. It is safe for
+// concurrent use.
+type Server struct {
+	opt Options
+	log *slog.Logger
+
+	mu        sync.Mutex
+	exports   map[string]*export
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closed    bool
+	connWG    sync.WaitGroup
+}
+
+// NewServer returns a server with no exports.
+func NewServer(opt Options) *Server {
+	opt.setDefaults()
+	return &Server{
+		opt:       opt,
+		log:       opt.Logger,
+		exports:   map[string]*export{},
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+}
+
+// ReadOnlyDevice is implemented by devices that can refuse writes (the
+// BTT when opened read-only or from a backup info block); such a device
+// is always exported read-only.
+type ReadOnlyDevice interface {
+	ReadOnly() bool
+}
+
+// AddExport serves dev under name (the empty name is the default
+// export) with a human-readable description shown by NBD_OPT_LIST and
+// NBD_INFO_DESCRIPTION. A readOnly export refuses writes with EPERM and
+// advertises NBD_FLAG_READ_ONLY. The server does not take ownership of
+// dev: Shutdown flushes it, the caller closes it afterwards.
+func (s *Server) AddExport(name, desc string, dev block.Device, readOnly bool) error {
+	if len(name) > MaxStringLen || len(desc) > MaxStringLen {
+		return fmt.Errorf("%w: name or description longer than %d bytes", ErrBadExport, MaxStringLen)
+	}
+	ss := dev.SectorSize()
+	if ss <= 0 || ss > 64<<10 || ss&(ss-1) != 0 {
+		return fmt.Errorf("%w: %q: sector size %d is not a power of two up to 64 KiB", ErrBadExport, name, ss)
+	}
+	if dev.Sectors() > (1<<63)/uint64(ss) {
+		return fmt.Errorf("%w: %q: %d sectors overflow a 64-bit size", ErrBadExport, name, dev.Sectors())
+	}
+	if ro, ok := dev.(ReadOnlyDevice); ok && ro.ReadOnly() {
+		readOnly = true
+	}
+	pref := max(4096, uint32(ss))
+	maxb := s.opt.MaxBlockSize / uint32(ss) * uint32(ss)
+	if maxb < pref {
+		maxb = pref
+	}
+	ex := &export{
+		ExportInfo: ExportInfo{Name: name, Description: desc, Size: dev.Sectors() * uint64(ss),
+			SectorSize: uint32(ss), Preferred: pref, Maximum: maxb, ReadOnly: readOnly},
+		dev:   dev,
+		shift: uint(bits.TrailingZeros(uint(ss))),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrServerClosed
+	}
+	if _, ok := s.exports[name]; ok {
+		return fmt.Errorf("%w: %q", ErrExportExists, name)
+	}
+	s.exports[name] = ex
+	return nil
+}
+
+// Exports lists the exports sorted by name.
+func (s *Server) Exports() []ExportInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ExportInfo, 0, len(s.exports))
+	for _, ex := range s.exports {
+		out = append(out, ex.ExportInfo)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// lookup resolves a client's export name.
+func (s *Server) lookup(name string) *export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ex, ok := s.exports[name]; ok {
+		return ex
+	}
+	if name == "" && s.opt.DefaultExport != "" {
+		return s.exports[s.opt.DefaultExport]
+	}
+	return nil
+}
+
+func (s *Server) sortedExports() []*export {
+	s.mu.Lock()
+	out := make([]*export, 0, len(s.exports))
+	for _, ex := range s.exports {
+		out = append(out, ex)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Serve accepts connections on ln until Shutdown or Close, serving each
+// in its own goroutines. A failing connection never stops Serve. It
+// returns ErrServerClosed after Shutdown, or the listener's error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// EMFILE, ECONNABORTED and the like: back off and retry.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("nbd: accept failed; retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c, ok := s.track(nc)
+		if !ok {
+			nc.Close()
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// ServeConn serves one already-established connection and returns when
+// it ends. The connection counts towards MaxConns and is ended by
+// Shutdown like an accepted one.
+func (s *Server) ServeConn(nc net.Conn) error {
+	c, ok := s.track(nc)
+	if !ok {
+		nc.Close()
+		if s.isClosed() {
+			return ErrServerClosed
+		}
+		return fmt.Errorf("nbd: too many connections (%d)", s.opt.MaxConns)
+	}
+	return c.serve()
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Server) track(nc net.Conn) (*conn, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false
+	}
+	if len(s.conns) >= s.opt.MaxConns {
+		s.log.Warn("nbd: connection limit reached; closing", "remote", nc.RemoteAddr(), "limit", s.opt.MaxConns)
+		return nil, false
+	}
+	c := newConn(s, nc)
+	s.conns[c] = struct{}{}
+	s.connWG.Add(1)
+	return c, true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.connWG.Done()
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, stops
+// every connection from reading further requests, lets the requests in
+// flight finish and their replies go out, closes the connections, and
+// finally flushes every writable export. If ctx ends first, the
+// remaining connections are closed at once (requests executing in a
+// device still complete before the flush) and ctx's error is returned
+// along with any flush error. The devices are not closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	ctxErr, flushErr := s.shutdown(ctx)
+	return errors.Join(ctxErr, flushErr)
+}
+
+// Close is Shutdown without the grace period: connections are closed at
+// once. It returns only flush errors.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := s.shutdown(ctx)
+	return err
+}
+
+func (s *Server) shutdown(ctx context.Context) (ctxErr, flushErr error) {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.beginShutdown()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		ctxErr = ctx.Err()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	var errs []error
+	for _, ex := range s.sortedExports() {
+		if ex.ReadOnly {
+			continue
+		}
+		if err := ex.dev.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("nbd: flush export %q: %w", ex.Name, err))
+		}
+	}
+	return ctxErr, errors.Join(errs...)
+}
+
+// serve runs one connection: handshake, then transmission. Panics are
+// contained to the connection.
+func (c *conn) serve() (err error) {
+	defer c.srv.untrack(c)
+	defer c.nc.Close()
+	defer func() {
+		if p := recover(); p != nil {
+			containedPanics.Add(1)
+			c.log.Error("nbd: panic serving connection", "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("nbd: panic: %v", p)
+		}
+	}()
+	c.log.Debug("nbd: connection opened")
+	ex, err := c.handshake()
+	if err != nil {
+		c.logEnd("handshake", err)
+		return err
+	}
+	if ex == nil { // NBD_OPT_ABORT
+		c.log.Debug("nbd: client aborted the handshake")
+		return nil
+	}
+	err = c.transmit(ex)
+	c.logEnd("transmission", err)
+	return err
+}
+
+func (c *conn) logEnd(phase string, err error) {
+	switch {
+	case err == nil || errors.Is(err, io.EOF):
+		c.log.Debug("nbd: connection closed", "phase", phase)
+	case errors.Is(err, ErrProtocol):
+		c.log.Warn("nbd: closing connection", "phase", phase, "err", err)
+	default:
+		c.log.Info("nbd: connection ended", "phase", phase, "err", err)
+	}
+}
