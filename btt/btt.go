@@ -394,12 +394,39 @@ func (b *BTT) clearBlock(a *arena, blk uint32) error {
 	return err
 }
 
-// ZeroSectors puts count sectors from lba in the zero (Z) state: reads
-// return zeros without touching the media. Each map update is a single
-// atomic store; no block is freed or allocated.
+// ZeroSectors makes count sectors from lba read as zeros. With sectors of
+// a page (4096 bytes) or more, and on PMDK pools, it puts them in the zero
+// (Z) state: one atomic map store each, no block freed or allocated. With
+// smaller sectors on a Linux BTT it writes zero sectors instead, because
+// Linux (seen on 6.1) stops filling a page at the first Z sector it meets,
+// so page-cache reads of the other sectors of that page would return
+// zeros (found by the qemu harness in interop/kernel).
 func (b *BTT) ZeroSectors(lba, count uint64) error {
-	return b.setState(lba, count, mapZ, "zero")
+	if b.sectorSize >= zStateMinSector || b.pmdk {
+		return b.setState(lba, count, mapZ, "zero")
+	}
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if lba > b.nlba || count > b.nlba-lba {
+		return &RangeError{LBA: lba, Count: count, Sectors: b.nlba}
+	}
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	l := b.acquire()
+	defer l.release()
+	for i := uint64(0); i < count; i++ {
+		if err := b.writeSector(l, lba+i, b.zeros); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// zStateMinSector is the smallest sector size for which ZeroSectors uses
+// the Z map state on a Linux BTT (one sector per page).
+const zStateMinSector = 4096
 
 // SetError puts count sectors from lba in the error (E) state: reads fail
 // until the sector is written again (libpmemblk's pmemblk_set_error).

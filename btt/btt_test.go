@@ -447,3 +447,34 @@ func snapshot(t testing.TB, dev pmem.Device) []byte {
 	}
 	return p
 }
+
+// TestZeroSmallSectorsWritesZeros: on a Linux BTT with 512-byte sectors
+// ZeroSectors writes zero data (Linux 6.1 mis-reads pages holding a Z
+// sector); with 4096-byte sectors it uses the Z state.
+func TestZeroSmallSectorsWritesZeros(t *testing.T) {
+	for _, c := range []struct {
+		lbs  uint32
+		want btt.MapState
+	}{{512, btt.MapNormal}, {520, btt.MapNormal}, {4096, btt.MapZero}} {
+		dev := newRAM(t, 20<<20)
+		b, err := btt.Create(dev, btt.CreateOptions{LBASize: c.lbs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss := b.SectorSize()
+		if err := b.WriteSectors(pattern(ss, 3, 1), 3); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ZeroSectors(3, 1); err != nil {
+			t.Fatal(err)
+		}
+		if _, st, _ := b.MapEntry(3); st != c.want {
+			t.Errorf("lbasize %d: state %s, want %s", c.lbs, st, c.want)
+		}
+		got := make([]byte, ss)
+		if err := b.ReadSectors(got, 3); err != nil || !bytes.Equal(got, make([]byte, ss)) {
+			t.Errorf("lbasize %d: not zero (%v)", c.lbs, err)
+		}
+		checkPermutation(t, dev)
+	}
+}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command guestio does the sector I/O of the kernel interop guest: exact
 // O_DIRECT reads and writes of whole sectors, which busybox dd cannot
 // promise (it quietly falls back to buffered I/O when its buffer is not
