@@ -104,6 +104,9 @@ type CheckOptions struct {
 	// At, when set, checks the BTT whose arena 0 is at this offset (any
 	// version), as in a PMDK pool, instead of probing 4096 and 0.
 	At *int64
+	// PMDK says the BTT is a libpmemblk one, whose log words carry map
+	// flags by design: that is not reported.
+	PMDK bool
 }
 
 // Report is the result of Check.
@@ -186,7 +189,7 @@ func Check(dev pmem.Device, opt CheckOptions) (*Report, error) {
 		return rep, err
 	}
 	// Re-check after repairs: anything still wrong stays uncorrected.
-	after, err := check(dev, CheckOptions{ParentUUID: opt.ParentUUID, At: opt.At})
+	after, err := check(dev, CheckOptions{ParentUUID: opt.ParentUUID, At: opt.At, PMDK: opt.PMDK})
 	if err != nil {
 		return rep, err
 	}
@@ -476,7 +479,7 @@ func (c *checker) checkArena(a *arena) {
 		}
 		lanes[lane] = laneState{cur: cur, valid: true}
 	}
-	if flagged > 0 {
+	if flagged > 0 && !c.opt.PMDK {
 		c.add(Finding{Severity: SevInfo, Code: CodeLogFlags, Arena: i, Offset: a.logOff,
 			Message: fmt.Sprintf("%d lane(s) carry flag bits in log map fields (E: a remembered media error, Z|E: another implementation's style); masked, as Linux does", flagged)})
 	}

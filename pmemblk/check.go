@@ -150,9 +150,9 @@ func CheckDevice(dev pmem.Device, opt CheckOptions) (*btt.Report, error) {
 		return c.rep, nil
 	}
 	zero := int64(0)
-	bopt := btt.CheckOptions{Repair: opt.Repair, At: &zero, ParentUUID: &h.PoolsetUUID, Progress: opt.Progress,
+	bopt := btt.CheckOptions{Repair: opt.Repair, At: &zero, ParentUUID: &h.PoolsetUUID, Progress: opt.Progress, PMDK: true,
 		OnFinding: func(f btt.Finding) {
-			if opt.OnFinding != nil && !expected(f) {
+			if opt.OnFinding != nil {
 				f.Offset += BTTOffset
 				opt.OnFinding(f)
 			}
@@ -167,9 +167,6 @@ func CheckDevice(dev pmem.Device, opt CheckOptions) (*btt.Report, error) {
 	c.rep.Version = r.Version
 	c.rep.Arenas = r.Arenas
 	for _, f := range r.Findings {
-		if expected(f) {
-			continue
-		}
 		f.Offset += BTTOffset
 		c.rep.Findings = append(c.rep.Findings, f)
 	}
@@ -178,12 +175,6 @@ func CheckDevice(dev pmem.Device, opt CheckOptions) (*btt.Report, error) {
 	c.rep.Remaining += r.Remaining
 	c.fixBSize(dev, win, &h.PoolsetUUID, bsize)
 	return c.rep, nil
-}
-
-// expected reports a BTT finding that is simply how libpmemblk writes a
-// pool: flag bits in flog words (every lane has them from the layout on).
-func expected(f btt.Finding) bool {
-	return f.Code == btt.CodeLogFlags && f.Severity == btt.SevInfo
 }
 
 // checkHeader runs pmempool's pool header checks. It returns false when
