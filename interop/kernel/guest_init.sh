@@ -14,9 +14,7 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 echo "@@NVBLK-BEGIN $(uname -r) cpus=$(nproc)"
 echo "@@L - kernel $(uname -r) $(uname -v)"
 # Modules in dependency order (the host resolved modules.dep).
-while read -r m; do
-	insmod "/$m" || nv_e - "insmod $m failed"
-done </etc/nvblk/modules
+nv_modules /etc/nvblk/modules
 
 nv_phase modules loaded
 if [ -r /job.sh ]; then

@@ -41,6 +41,14 @@ rd() {
 	return 0
 }
 
+# nv_modules LIST: insmod the modules LIST names (paths, dependencies first;
+# the host resolved modules.dep).
+nv_modules() {
+	while read -r m; do
+		insmod "/$m" || nv_e - "insmod $m failed"
+	done <"$1"
+}
+
 # nv_wait_dimms N: wait until the nfit driver registered N DIMMs and their
 # regions, then until the nd bus finished probing.
 nv_wait_dimms() {
@@ -260,8 +268,85 @@ nv_check() {
 	nv_r "$1" check "$rc"
 }
 
+# nv_nparts DEV: NPARTS = the number of partitions the kernel has on block
+# device DEV.
+nv_nparts() {
+	NPARTS=0
+	for p in /sys/block/$1/$1*; do
+		[ -e "$p/partition" ] && NPARTS=$((NPARTS + 1))
+	done
+	return 0
+}
+
+# nv_wait_parts K DEV N: wait (up to 10 s) until block device DEV exists with
+# N partitions.
+nv_wait_parts() {
+	i=0
+	while :; do
+		nv_nparts "$2"
+		[ "$NPARTS" -ge "$3" ] && return 0
+		i=$((i + 1))
+		if [ $i -gt 100 ]; then
+			nv_e "$1" "/sys/block/$2: $NPARTS partitions after 10 s, want $3"
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
+# nv_parts K DEV: the partitions the kernel's table parser found on DEV:
+# @@R K disk DEV SECTORS, then @@R K part DEV N START SIZE NAME for each
+# (sysfs start and size in 512-byte sectors; NAME is the uevent PARTNAME,
+# the GPT partition name, or -).
+nv_parts() {
+	rd sz "/sys/block/$2/size"
+	nv_r "$1" disk "$2" "${sz:--}"
+	for p in /sys/block/$2/$2*; do
+		[ -e "$p/partition" ] || continue
+		rd n "$p/partition"
+		rd st "$p/start"
+		rd sz "$p/size"
+		name=-
+		while IFS='=' read -r key val; do
+			[ "$key" = PARTNAME ] && name=$val
+		done <"$p/uevent"
+		nv_r "$1" part "$2" "$n" "$st" "$sz" "$name"
+	done
+}
+
+# nv_losetup K SRC FILE N: copy block device SRC to FILE (tmpfs) and attach
+# it with busybox `losetup -P -f` (the kernel scans the loop device's
+# partition table); set LOOP (loopN), report @@R K losetup LOOP FILE and
+# wait for N partitions.
+nv_losetup() {
+	LOOP=
+	if ! dd if="$2" of="$3" bs=1M 2>/tmp/dd; then
+		nv_e "$1" "dd $2 to $3 failed"
+		nv_dump "$1" /tmp/dd
+		return 1
+	fi
+	if ! losetup -P -f "$3" >/tmp/lo 2>&1; then
+		nv_e "$1" "losetup -P -f $3 failed"
+		nv_dump "$1" /tmp/lo
+		return 1
+	fi
+	for b in /sys/block/loop*; do
+		rd f "$b/loop/backing_file"
+		if [ "$f" = "$3" ]; then
+			LOOP=${b##*/}
+			break
+		fi
+	done
+	if [ -z "$LOOP" ]; then
+		nv_e "$1" "losetup -P -f $3: no loop device has it as its backing file"
+		return 1
+	fi
+	nv_r "$1" losetup "$LOOP" "$3"
+	nv_wait_parts "$1" "$LOOP" "$4"
+}
+
 # nv_dmesg: the kernel's nvdimm/BTT/machine-check messages.
 nv_dmesg() {
-	dmesg | grep -iE 'nd_|btt|nvdimm|nfit|pmem|mce|machine check|memory failure|hardware error|badblock' |
+	dmesg | grep -iE 'nd_|btt|nvdimm|nfit|pmem|mce|machine check|memory failure|hardware error|badblock|virtio_blk| vd[a-z]|loop[0-9]|gpt' |
 		while IFS= read -r line; do echo "@@K $line"; done
 }

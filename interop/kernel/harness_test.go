@@ -9,6 +9,8 @@ import (
 	"reflect"
 	"strconv"
 	"testing"
+
+	"github.com/nvblk/nvblk/partition"
 )
 
 // These tests cover the harness itself and need neither qemu nor a kernel.
@@ -141,5 +143,52 @@ func TestOldSlot(t *testing.T) {
 		if old != c.old || ok != c.ok {
 			t.Errorf("oldSlot(%d, %d) = %d, %v; want %d, %v", c.s0, c.s1, old, ok, c.old, c.ok)
 		}
+	}
+}
+
+// TestGPTMismatches: the GPT check accepts the guest's records when they
+// match nvblk's table and reports every kind of difference (a partition
+// moved, resized, renamed or missing, other bytes, no loop device).
+func TestGPTMismatches(t *testing.T) {
+	g := &gptImage{}
+	for i, p := range []partition.Partition{
+		{Number: 1, Name: "a", FirstLBA: 2048, LastLBA: 4095},
+		{Number: 2, Name: "b", FirstLBA: 4096, LastLBA: 8191},
+	} {
+		g.parts = append(g.parts, gptPart{Partition: p, sums: []gptRange{{0, 512, "h" + strconv.Itoa(i+1)}}})
+	}
+	good := func() *guestReport {
+		d := strconv.Itoa(gptSize / 512)
+		return &guestReport{Records: map[int]map[string][][]string{gptDisk: {
+			"disk":    {{"vda", d}, {"loop3", d}},
+			"losetup": {{"loop3", "/tmp/gpt.img"}},
+			"part": {
+				{"vda", "1", "2048", "2048", "a"}, {"vda", "2", "4096", "4096", "b"},
+				{"loop3", "1", "2048", "2048", "a"}, {"loop3", "2", "4096", "4096", "b"},
+			},
+			"sum": {{"/dev/vda1", "0", "512", "h1"}, {"/dev/vda2", "0", "512", "h2"}, {"/dev/loop3p1", "0", "512", "h1"}},
+		}}}
+	}
+	if bad, ok := g.mismatches(good()); len(bad) != 0 || len(ok) != 2 {
+		t.Fatalf("matching records: bad %q, ok %q", bad, ok)
+	}
+	for name, edit := range map[string]func(r map[string][][]string){
+		"start":   func(r map[string][][]string) { r["part"][1][2] = "4097" },
+		"size":    func(r map[string][][]string) { r["part"][3][3] = "4095" },
+		"name":    func(r map[string][][]string) { r["part"][0][4] = "-" },
+		"missing": func(r map[string][][]string) { r["part"] = r["part"][:3] },
+		"bytes":   func(r map[string][][]string) { r["sum"][2][3] = "x" },
+		"unread":  func(r map[string][][]string) { r["sum"] = r["sum"][1:] },
+		"disk":    func(r map[string][][]string) { r["disk"][0][1] = "1" },
+		"no loop": func(r map[string][][]string) { delete(r, "losetup") },
+	} {
+		rep := good()
+		edit(rep.Records[gptDisk])
+		if bad, _ := g.mismatches(rep); len(bad) == 0 {
+			t.Errorf("%s: the mismatch went unreported", name)
+		}
+	}
+	if bad, _ := g.mismatches(&guestReport{}); len(bad) == 0 {
+		t.Error("no records at all went unreported")
 	}
 }

@@ -33,6 +33,12 @@ var guestLib []byte
 // namespace driver and the BTT.
 var guestModules = []string{"nfit", "libnvdimm", "nd_pmem", "nd_btt"}
 
+// guestBlkModules are in the initramfs too (/etc/nvblk/modules.blk) but
+// loaded only by a job that needs them (nv_modules): virtio-blk disks and
+// loop devices, for the GPT check. Debian builds them as modules; the GPT
+// parser (CONFIG_EFI_PARTITION) is built in.
+var guestBlkModules = []string{"virtio_pci", "virtio_blk", "loop"}
+
 // guestKernel is the kernel the guest boots.
 type guestKernel struct {
 	Release string // uname -r, e.g. 6.1.0-56-amd64
@@ -404,13 +410,19 @@ func baseInitramfs(t testing.TB, k guestKernel, tl tools) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var list strings.Builder
-	for _, m := range mods {
-		dst := filepath.Join("lib/modules", k.Release, m)
-		tree.addFile(dst, filepath.Join(k.ModDir, m), 0o644)
-		fmt.Fprintln(&list, dst)
+	blk, err := moduleOrder(k.ModDir, guestBlkModules)
+	if err != nil {
+		t.Fatal(err)
 	}
-	tree.addData("etc/nvblk/modules", 0o644, []byte(list.String()))
+	for list, ms := range map[string][]string{"etc/nvblk/modules": mods, "etc/nvblk/modules.blk": blk} {
+		var b strings.Builder
+		for _, m := range ms {
+			dst := filepath.Join("lib/modules", k.Release, m)
+			tree.addFile(dst, filepath.Join(k.ModDir, m), 0o644)
+			fmt.Fprintln(&b, dst)
+		}
+		tree.addData(list, 0o644, []byte(b.String()))
+	}
 
 	fp, err := tree.fingerprint()
 	if err != nil {
@@ -451,7 +463,7 @@ func baseInitramfs(t testing.TB, k guestKernel, tl tools) string {
 		t.Fatal(err)
 	}
 	st, _ := os.Stat(path)
-	t.Logf("initramfs: built %s (%d bytes; modules %s)", path, st.Size(), strings.Join(mods, " "))
+	t.Logf("initramfs: built %s (%d bytes; modules %s; on demand %s)", path, st.Size(), strings.Join(mods, " "), strings.Join(blk, " "))
 	initramfsCache[key] = path
 	return path
 }

@@ -437,7 +437,8 @@ func (h *harness) nvblkCheckHook(t *testing.T, im *image, ndctlClean bool) {
 //	        an interrupted write handed from nvblk to the kernel;
 //	        a real media error (machine check) under a data block.
 //	boot 2: nvblk BTT 2.0 on the kernel's labelled namespaces; the media
-//	        error cleared by nvblk; nvblk writes into a kernel image.
+//	        error cleared by nvblk; nvblk writes into a kernel image;
+//	        nvblk's GPT parsed by the kernel (virtio disk, losetup -P).
 func TestKernel(t *testing.T) {
 	h := newHarness(t)
 	t.Logf("guest kernel: Linux %s (%s, %s), modules from %s", h.kernel.Release, h.kernel.Build(t), h.kernel.Image, h.kernel.ModDir)
@@ -761,6 +762,9 @@ func TestKernel(t *testing.T) {
 			write{LBA: 2000, Gen: 1, Count: 3}, write{LBA: n - 2, Gen: 1})
 		o.close()
 	}
+	// A GPT written by nvblk, for the kernel's partition parser (a virtio
+	// disk and a loop device, see gpt_test.go).
+	gpt := h.prepareGPT(t, imgDir)
 	t.Logf("boot 2 images prepared in %s", time.Since(prepStart).Round(time.Millisecond))
 
 	// ---- boot 2 ----
@@ -772,7 +776,8 @@ func TestKernel(t *testing.T) {
 		j.read(im)
 		j.f("nv_check %d", im.slot)
 	}
-	rep2 := h.boot(t, "boot2", vmDisks(disks2), j.String())
+	gpt.job(&j)
+	rep2 := h.boot(t, "boot2", append(vmDisks(disks2), gpt.disk()), j.String())
 	for _, l := range rep2.Kmsg {
 		if strings.Contains(l, "btt") {
 			t.Logf("boot2 kernel: %s", l)
@@ -814,6 +819,7 @@ func TestKernel(t *testing.T) {
 		expectClean(t, k11, v)
 		h.nvblkCheckHook(t, k11, true)
 	})
+	t.Run("gpt/partitions", func(t *testing.T) { gpt.check(t, h, rep2) })
 	// Every image the kernel touched still satisfies the BTT invariant.
 	for _, im := range []*image{k11, k11m, n11, n11b, n11m, crash, media, n20[0], n20[1]} {
 		o := openImage(t, im, true)
