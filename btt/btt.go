@@ -308,14 +308,19 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 		return &SectorError{Op: "write", LBA: lba, Err: corruptf(a.idx, a.logOff, "free block %d past internal_nlba %d", nb, a.intNLBA)}
 	}
 	a.waitRTT(nb)
+	// The map lock is taken before the data is written: a locked
+	// instruction waits for outstanding non-temporal stores, so taking it
+	// after P1 would fence P1 on its own and P1 could not share its fence
+	// with P2a.
+	mu := a.mapLock(premap)
+	mu.Lock()
 	// P1: the data into the free block. Its write-back is started here and
 	// completed by the fence that also completes P2a (see commit).
 	if _, err := b.dev.WriteAtFlush(src, a.blockOff(nb)); err != nil {
+		mu.Unlock()
 		fe.hasErr = true
 		return &SectorError{Op: "write", LBA: lba, Err: err}
 	}
-	mu := a.mapLock(premap)
-	mu.Lock()
 	err := b.commit(a, l, fe, premap, nb)
 	mu.Unlock()
 	if err != nil {
