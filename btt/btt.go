@@ -181,16 +181,28 @@ func (b *BTT) checkIO(p []byte, lba uint64) (uint64, error) {
 
 // ReadSectors reads len(p)/SectorSize() whole sectors starting at lba.
 // Each sector is read atomically with respect to writes of that sector.
-func (b *BTT) ReadSectors(p []byte, lba uint64) error {
+func (b *BTT) ReadSectors(p []byte, lba uint64) error { return b.sectors(p, lba, false) }
+
+// sectors runs a read or a write of whole sectors through one lane.
+func (b *BTT) sectors(p []byte, lba uint64, write bool) error {
 	n, err := b.checkIO(p, lba)
 	if err != nil || n == 0 {
 		return err
+	}
+	if write && b.readOnly {
+		return ErrReadOnly
 	}
 	l := b.acquire()
 	defer l.release()
 	ss := uint64(b.sectorSize)
 	for i := uint64(0); i < n; i++ {
-		if err := b.readSector(l, lba+i, p[i*ss:(i+1)*ss]); err != nil {
+		sec := p[i*ss : (i+1)*ss]
+		if write {
+			err = b.writeSector(l, lba+i, sec)
+		} else {
+			err = b.readSector(l, lba+i, sec)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -266,24 +278,7 @@ func (b *BTT) markError(a *arena, premap, seen, post uint32, l *lane) {
 // Each sector is updated atomically: after a crash at any instant it reads
 // entirely old or entirely new. When WriteSectors returns nil the data is
 // durable.
-func (b *BTT) WriteSectors(p []byte, lba uint64) error {
-	n, err := b.checkIO(p, lba)
-	if err != nil || n == 0 {
-		return err
-	}
-	if b.readOnly {
-		return ErrReadOnly
-	}
-	l := b.acquire()
-	defer l.release()
-	ss := uint64(b.sectorSize)
-	for i := uint64(0); i < n; i++ {
-		if err := b.writeSector(l, lba+i, p[i*ss:(i+1)*ss]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (b *BTT) WriteSectors(p []byte, lba uint64) error { return b.sectors(p, lba, true) }
 
 func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 	a, premap := b.locate(lba)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/nvblk/nvblk/block"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -16,34 +17,30 @@ func newReadCommand() *cobra.Command {
 		Short: "Write sectors to stdout (default: from --lba to the end of the device)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bd, _, dev, err := openBlockTarget(args[0], partitionOf(cmd), true)
-			if err != nil {
-				return err
-			}
-			defer dev.Close()
-			defer bd.Close()
-			n := bd.Sectors()
-			if lba > n {
-				return fmt.Errorf("--lba %d is past the end of the device (%d sectors)", lba, n)
-			}
-			if !cmd.Flags().Changed("count") {
-				count = n - lba
-			}
-			ss := uint64(bd.SectorSize())
-			buf := make([]byte, 256*ss)
-			out := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<20)
-			for done := uint64(0); done < count; {
-				c := min(count-done, 256)
-				p := buf[:c*ss]
-				if err := bd.ReadSectors(p, lba+done); err != nil {
-					return err
+			return withBlock(cmd, args[0], true, func(bd block.Device) error {
+				n := bd.Sectors()
+				if lba > n {
+					return fmt.Errorf("--lba %d is past the end of the device (%d sectors)", lba, n)
 				}
-				if _, err := out.Write(p); err != nil {
-					return err
+				if !cmd.Flags().Changed("count") {
+					count = n - lba
 				}
-				done += c
-			}
-			return out.Flush()
+				ss := uint64(bd.SectorSize())
+				buf := make([]byte, 256*ss)
+				out := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<20)
+				for done := uint64(0); done < count; {
+					c := min(count-done, 256)
+					p := buf[:c*ss]
+					if err := bd.ReadSectors(p, lba+done); err != nil {
+						return err
+					}
+					if _, err := out.Write(p); err != nil {
+						return err
+					}
+					done += c
+				}
+				return out.Flush()
+			})
 		},
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
@@ -59,41 +56,37 @@ func newWriteCommand() *cobra.Command {
 		Short: "Write whole sectors from stdin starting at --lba; each sector is atomic and durable",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bd, _, dev, err := openBlockTarget(args[0], partitionOf(cmd), false)
-			if err != nil {
-				return err
-			}
-			defer dev.Close()
-			defer bd.Close()
-			ss := bd.SectorSize()
-			buf := make([]byte, 256*ss)
-			in := cmd.InOrStdin()
-			written := uint64(0)
-			for {
-				n, rerr := io.ReadFull(in, buf)
-				if n%ss != 0 {
-					if werr := writeChunk(bd.WriteSectors, buf[:n-n%ss], lba+written, ss); werr != nil {
-						return werr
+			return withBlock(cmd, args[0], false, func(bd block.Device) error {
+				ss := bd.SectorSize()
+				buf := make([]byte, 256*ss)
+				in := cmd.InOrStdin()
+				written := uint64(0)
+				for {
+					n, rerr := io.ReadFull(in, buf)
+					if n%ss != 0 {
+						if werr := writeChunk(bd.WriteSectors, buf[:n-n%ss], lba+written, ss); werr != nil {
+							return werr
+						}
+						written += uint64(n / ss)
+						return fmt.Errorf("stdin ended with %d bytes that are not a whole %d-byte sector (%d sectors written from LBA %d)",
+							n%ss, ss, written, lba)
 					}
-					written += uint64(n / ss)
-					return fmt.Errorf("stdin ended with %d bytes that are not a whole %d-byte sector (%d sectors written from LBA %d)",
-						n%ss, ss, written, lba)
-				}
-				if n > 0 {
-					if err := writeChunk(bd.WriteSectors, buf[:n], lba+written, ss); err != nil {
-						return err
+					if n > 0 {
+						if err := writeChunk(bd.WriteSectors, buf[:n], lba+written, ss); err != nil {
+							return err
+						}
+						written += uint64(n / ss)
 					}
-					written += uint64(n / ss)
+					if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+						break
+					}
+					if rerr != nil {
+						return rerr
+					}
 				}
-				if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
-					break
-				}
-				if rerr != nil {
-					return rerr
-				}
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "%d sectors written at LBA %d\n", written, lba)
-			return nil
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d sectors written at LBA %d\n", written, lba)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
@@ -115,13 +108,9 @@ func newZeroCommand() *cobra.Command {
 		Short: "Make sectors read as zeros (the BTT zero state)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bd, _, dev, err := openBlockTarget(args[0], partitionOf(cmd), false)
-			if err != nil {
-				return err
-			}
-			defer dev.Close()
-			defer bd.Close()
-			return bd.ZeroSectors(lba, count)
+			return withBlock(cmd, args[0], false, func(bd block.Device) error {
+				return bd.ZeroSectors(lba, count)
+			})
 		},
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")

@@ -99,6 +99,18 @@ func openBlockTarget(path string, part int, readOnly bool) (block.Device, block.
 	return bd, drv, dev, nil
 }
 
+// withBlock opens the block device at the command's PATH (and
+// --partition), runs fn on it and closes it.
+func withBlock(cmd *cobra.Command, path string, readOnly bool, fn func(bd block.Device) error) error {
+	bd, _, dev, err := openBlockTarget(path, partitionOf(cmd), readOnly)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	defer bd.Close()
+	return fn(bd)
+}
+
 func targetName(path string, part int) string {
 	if part == 0 {
 		return path
