@@ -4,10 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/nvblk/nvblk/block"
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/nvblk/nvblk/block"
 )
 
 func newReadCommand() *cobra.Command {
