@@ -64,13 +64,9 @@ func createFunc(cmd *cobra.Command, path string, o *createOptions) error {
 			*u.dst = id
 		}
 	}
-	size := int64(DefaultSize)
-	if o.size != "" {
-		s, err := ParseSize(o.size)
-		if err != nil {
-			return &ExitError{Code: 16, Err: err}
-		}
-		size = s
+	size, err := sizeFlag(o.size)
+	if err != nil {
+		return err
 	}
 	_, statErr := os.Stat(path)
 	existed := statErr == nil

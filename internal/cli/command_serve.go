@@ -68,13 +68,9 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	if len(o.exportName) > nbd.MaxStringLen {
 		return &ExitError{Code: 16, Err: fmt.Errorf("--export-name is longer than %d bytes", nbd.MaxStringLen)}
 	}
-	size := int64(DefaultSize)
-	if o.size != "" {
-		s, err := ParseSize(o.size)
-		if err != nil {
-			return &ExitError{Code: 16, Err: err}
-		}
-		size = s
+	size, err := sizeFlag(o.size)
+	if err != nil {
+		return err
 	}
 	path, _ := pathArg(args)
 	if err := createIfMissing(path, size, stderr); err != nil {

@@ -45,13 +45,9 @@ func createPool(cmd *cobra.Command, path string, o *createOptions) error {
 	if o.uuid != "" || o.parent != "" {
 		return &ExitError{Code: 16, Err: errors.New("--uuid and --parent-uuid do not apply to --format pmemblk (the BTT gets a random uuid when the first write lays it out; its parent uuid is the pool set uuid)")}
 	}
-	size := int64(DefaultSize)
-	if o.size != "" {
-		s, err := ParseSize(o.size)
-		if err != nil {
-			return &ExitError{Code: 16, Err: err}
-		}
-		size = s
+	size, err := sizeFlag(o.size)
+	if err != nil {
+		return err
 	}
 	bsize := int(o.sectorSize)
 	part := partitionOf(cmd)

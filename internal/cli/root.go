@@ -107,6 +107,19 @@ func ParseSize(s string) (int64, error) {
 	return v * mult, nil
 }
 
+// sizeFlag parses a --size value; empty means DefaultSize. A bad value
+// is a usage error.
+func sizeFlag(v string) (int64, error) {
+	if v == "" {
+		return DefaultSize, nil
+	}
+	s, err := ParseSize(v)
+	if err != nil {
+		return 0, &ExitError{Code: 16, Err: err}
+	}
+	return s, nil
+}
+
 // pathArg returns the PATH argument or the default image.
 func pathArg(args []string) (string, bool) {
 	if len(args) == 0 {
