@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nvblk/nvblk/block"
-	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -136,21 +134,7 @@ func openDevice(path string, readOnly bool) (pmem.Device, error) {
 // ensureDefault creates the default device (1 GiB, linux format, 4096-byte
 // sectors) at path if it does not exist, reporting what it did on w.
 func ensureDefault(path string, w io.Writer) error {
-	if _, err := os.Stat(path); err == nil || !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	dev, err := pmem.Open(path, pmem.Options{CreateSize: DefaultSize})
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
-	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: DefaultSectorSize})
-	if err != nil {
-		os.Remove(path)
-		return err
-	}
-	fmt.Fprintf(w, "created %s: %d bytes, BTT %s, %d sectors of %d bytes\n", path, dev.Size(), b.Version(), b.Sectors(), b.SectorSize())
-	return nil
+	return createIfMissing(path, DefaultSize, w)
 }
 
 // openBlock maps PATH and opens the block device that claims it.
