@@ -53,11 +53,16 @@
 //	DISC           finish the requests in flight, then close
 //
 // CACHE, BLOCK_STATUS and FAST_ZERO are not advertised; a request using
-// them gets EINVAL. Each connection has one reader goroutine and
-// Options.Workers worker goroutines; at most Options.MaxInFlight
-// requests and Options.MaxInFlightBytes payload bytes are in flight per
-// connection (the reader waits beyond that), and replies, which may
-// leave out of order, are serialised by a per-connection mutex. Read
+// them gets EINVAL. Each connection has Options.Workers worker
+// goroutines in a leader/follower arrangement: one at a time reads the
+// next request, then runs it itself while another worker takes over the
+// reading, so a request is never handed between goroutines and a slow
+// one holds back nothing. At most Options.Workers requests and
+// Options.MaxInFlightBytes payload bytes are in flight per connection,
+// and replies, which may leave out of order, are serialised by a
+// per-connection mutex. (ZeroSectors on a BTT with sectors smaller than
+// a page writes zero sectors instead of setting the zero state: see
+// btt.BTT.ZeroSectors.) Read
 // and write buffers come from size-class pools with room for the reply
 // header in front, so the steady-state data path does not allocate and
 // a read reply is a single write.

@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// conn is one client connection. The goroutine running serve is the
-// connection's only reader; replies are written by the workers under wmu.
+// conn is one client connection. In the transmission phase its workers
+// take turns reading requests (see transmit); replies are written under
+// wmu.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -27,11 +28,13 @@ type conn struct {
 	hdr    [requestLen]byte
 
 	// Transmission phase.
-	ex     *export
-	budget budget
-	work   chan job
-	wmu    sync.Mutex // serialises replies
-	broken bool       // a reply write failed (under wmu)
+	ex        *export
+	budget    budget
+	rmu       sync.Mutex // held by the worker that reads the next request
+	readEnded bool       // no more requests will be read (under rmu)
+	readErr   error      // why (under rmu; read by transmit after the workers)
+	wmu       sync.Mutex // serialises replies
+	broken    bool       // a reply write failed (under wmu)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

@@ -39,12 +39,13 @@ type Options struct {
 	// multiple of each export's sector size. Default 32 MiB; values
 	// below 64 KiB are raised to 64 KiB.
 	MaxBlockSize uint32
-	// Workers is the number of goroutines executing the requests of one
-	// connection. Default 8.
+	// Workers is the number of goroutines reading and executing the
+	// requests of one connection, and so the most requests of a
+	// connection in flight at once. Default 8.
 	Workers int
-	// MaxInFlight bounds the requests of one connection that have been
-	// read but not yet answered; the connection's reader stops reading
-	// until one completes. Default 64.
+	// MaxInFlight also bounds the requests of one connection that have
+	// been read but not yet answered (it only matters when smaller than
+	// Workers, which it is never made to be). Default 64.
 	MaxInFlight int
 	// MaxInFlightBytes bounds the READ and WRITE payload bytes of one
 	// connection's requests in flight (so buffer memory per connection

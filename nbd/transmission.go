@@ -15,7 +15,7 @@ import (
 // bug by definition; tests assert it stays zero).
 var containedPanics atomic.Int64
 
-// job is one request handed from the reader to a worker.
+// job is one request, as read and validated by the reading worker.
 type job struct {
 	req   request
 	errno Errno   // non-zero: answer with this error without touching the device
@@ -24,9 +24,12 @@ type job struct {
 	cost  int64   // payload bytes charged to the connection's budget
 }
 
-// transmit runs the transmission phase: this goroutine reads requests,
-// Workers goroutines execute them and write the replies, possibly out
-// of order.
+// transmit runs the transmission phase with Workers goroutines in a
+// leader/follower arrangement: one of them at a time (the holder of rmu)
+// reads the next request; it then lets go of rmu and runs the request
+// itself, while another worker becomes the reader. A request is therefore
+// never handed between goroutines (no wake-up on its path), several run at
+// once, and their replies go out in completion order.
 func (c *conn) transmit(ex *export) error {
 	c.nc.SetDeadline(time.Time{})
 	if c.shutdown.Load() {
@@ -35,69 +38,85 @@ func (c *conn) transmit(ex *export) error {
 	opt := &c.srv.opt
 	c.ex = ex
 	c.budget.init(opt.MaxInFlight, opt.MaxInFlightBytes)
-	c.work = make(chan job, opt.MaxInFlight)
 	var wg sync.WaitGroup
 	for range opt.Workers {
 		wg.Add(1)
-		go c.worker(&wg)
+		go c.follow(&wg)
 	}
-	defer func() {
-		close(c.work)
-		wg.Wait() // every request read has been answered (or the socket is dead)
-	}()
-	return c.readRequests()
+	wg.Wait() // every request read has been answered (or the socket is dead)
+	return c.readErr
 }
 
-// readRequests reads and validates requests until the client
-// disconnects, breaks the protocol, or the server shuts down.
-func (c *conn) readRequests() error {
-	ex := c.ex
+// follow is one worker: take the reader role, read one request, run it.
+func (c *conn) follow(wg *sync.WaitGroup) {
+	defer wg.Done()
+	scratch := make([]byte, scratchLen)
 	for {
-		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
-			if c.shutdown.Load() {
-				return ErrServerClosed
-			}
-			if errors.Is(err, io.EOF) {
-				return nil // hard disconnect between requests
-			}
-			return fmt.Errorf("reading request: %w", err)
+		c.rmu.Lock()
+		if c.readEnded {
+			c.rmu.Unlock()
+			return
 		}
-		r, err := decodeRequest(c.hdr[:])
-		if err != nil {
-			return err
+		j, end, err := c.readRequest()
+		if end {
+			c.readEnded, c.readErr = true, err
+			c.rmu.Unlock()
+			return
 		}
-		if r.typ == cmdDisc {
-			return nil // soft disconnect: transmit waits for the workers
-		}
-		errno, msg := c.check(&r)
-		j := job{req: r, errno: errno, msg: msg}
-		switch {
-		case r.typ == cmdWrite:
-			// The payload must be consumed to stay in step, so its size
-			// is bounded before anything is allocated.
-			if r.length > ex.Maximum {
-				return fmt.Errorf("%w: write of %d bytes exceeds the %d-byte maximum block size", ErrProtocol, r.length, ex.Maximum)
-			}
-			j.cost = int64(r.length)
-			c.budget.acquire(j.cost)
-			j.buf = getBuf(int(r.length))
-			if _, err := io.ReadFull(c.br, (*j.buf)[:r.length]); err != nil {
-				putBuf(j.buf)
-				c.budget.release(j.cost)
-				return fmt.Errorf("reading %d-byte write payload: %w", r.length, err)
-			}
-			if errno != 0 {
-				putBuf(j.buf)
-				j.buf = nil
-			}
-		case r.typ == cmdRead && errno == 0:
-			j.cost = int64(r.length)
-			c.budget.acquire(j.cost)
-		default:
-			c.budget.acquire(0)
-		}
-		c.work <- j // never blocks: the budget admits at most cap(c.work) jobs
+		c.rmu.Unlock()
+		c.execute(scratch, j)
 	}
+}
+
+// readRequest reads and validates the next request (under rmu). end
+// reports that the phase is over: the client disconnected (err nil),
+// broke the protocol, or the server shuts down.
+func (c *conn) readRequest() (j job, end bool, err error) {
+	ex := c.ex
+	if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
+		if c.shutdown.Load() {
+			return j, true, ErrServerClosed
+		}
+		if errors.Is(err, io.EOF) {
+			return j, true, nil // hard disconnect between requests
+		}
+		return j, true, fmt.Errorf("reading request: %w", err)
+	}
+	r, err := decodeRequest(c.hdr[:])
+	if err != nil {
+		return j, true, err
+	}
+	if r.typ == cmdDisc {
+		return j, true, nil // soft disconnect: transmit waits for the workers
+	}
+	errno, msg := c.check(&r)
+	j = job{req: r, errno: errno, msg: msg}
+	switch {
+	case r.typ == cmdWrite:
+		// The payload must be consumed to stay in step, so its size
+		// is bounded before anything is allocated.
+		if r.length > ex.Maximum {
+			return j, true, fmt.Errorf("%w: write of %d bytes exceeds the %d-byte maximum block size", ErrProtocol, r.length, ex.Maximum)
+		}
+		j.cost = int64(r.length)
+		c.budget.acquire(j.cost)
+		j.buf = getBuf(int(r.length))
+		if _, err := io.ReadFull(c.br, (*j.buf)[:r.length]); err != nil {
+			putBuf(j.buf)
+			c.budget.release(j.cost)
+			return j, true, fmt.Errorf("reading %d-byte write payload: %w", r.length, err)
+		}
+		if errno != 0 {
+			putBuf(j.buf)
+			j.buf = nil
+		}
+	case r.typ == cmdRead && errno == 0:
+		j.cost = int64(r.length)
+		c.budget.acquire(j.cost)
+	default:
+		c.budget.acquire(0)
+	}
+	return j, false, nil
 }
 
 // check validates r against the export; a failure is answered with the
@@ -148,14 +167,6 @@ const (
 	maxErrMsg  = 256
 	scratchLen = structuredHdrLen + 4 + 2 + maxErrMsg
 )
-
-func (c *conn) worker(wg *sync.WaitGroup) {
-	defer wg.Done()
-	scratch := make([]byte, scratchLen)
-	for j := range c.work {
-		c.execute(scratch, j)
-	}
-}
 
 // execute runs one request against the device and answers it. A device
 // error (or panic) fails this request only.
