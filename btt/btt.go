@@ -405,16 +405,10 @@ func (b *BTT) ZeroSectors(lba, count uint64) error {
 	if b.sectorSize >= zStateMinSector || b.pmdk {
 		return b.setState(lba, count, mapZ, "zero")
 	}
-	if b.closed.Load() {
-		return ErrClosed
+	l, err := b.acquireForUpdate(lba, count)
+	if err != nil {
+		return err
 	}
-	if lba > b.nlba || count > b.nlba-lba {
-		return &RangeError{LBA: lba, Count: count, Sectors: b.nlba}
-	}
-	if b.readOnly {
-		return ErrReadOnly
-	}
-	l := b.acquire()
 	defer l.release()
 	for i := uint64(0); i < count; i++ {
 		if err := b.writeSector(l, lba+i, b.zeros); err != nil {
@@ -434,17 +428,26 @@ func (b *BTT) SetError(lba, count uint64) error {
 	return b.setState(lba, count, mapE, "set-error")
 }
 
-func (b *BTT) setState(lba, count uint64, flag uint32, op string) error {
+// acquireForUpdate checks an update of count sectors from lba and takes
+// a lane for it.
+func (b *BTT) acquireForUpdate(lba, count uint64) (*lane, error) {
 	if b.closed.Load() {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if lba > b.nlba || count > b.nlba-lba {
-		return &RangeError{LBA: lba, Count: count, Sectors: b.nlba}
+		return nil, &RangeError{LBA: lba, Count: count, Sectors: b.nlba}
 	}
 	if b.readOnly {
-		return ErrReadOnly
+		return nil, ErrReadOnly
 	}
-	l := b.acquire()
+	return b.acquire(), nil
+}
+
+func (b *BTT) setState(lba, count uint64, flag uint32, op string) error {
+	l, err := b.acquireForUpdate(lba, count)
+	if err != nil {
+		return err
+	}
 	defer l.release()
 	for i := uint64(0); i < count; i++ {
 		a, premap := b.locate(lba + i)
