@@ -153,3 +153,14 @@ func ShmDir(t testing.TB) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// Unavailable reports that something a test needs is missing: a failure
+// in CI (where scripts/install-deps.sh provides everything and CI runs as
+// root), a skip naming the reason elsewhere.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("required in CI: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}

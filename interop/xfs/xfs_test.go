@@ -108,16 +108,16 @@ func (s *syncBuf) String() string {
 // TestXFSOnPartitions is the seed's end-to-end example.
 func TestXFSOnPartitions(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
+		testutil.Unavailable(t, "needs root (loop devices, mount)")
 	}
 	for _, tool := range []string{"mkfs.xfs", "xfs_repair", "nbdfuse", "fusermount3", "losetup", "mount", "umount"} {
 		testutil.NeedTool(t, tool)
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		testutil.Unavailable(t, "no /dev/fuse")
 	}
 	if !kernelHas("xfs") || !kernelHas("fuse") {
-		t.Skip("the kernel has no XFS or FUSE")
+		testutil.Unavailable(t, "the kernel has no XFS or FUSE")
 	}
 	dir := t.TempDir()
 	nvblk := filepath.Join(dir, "nvblk")
