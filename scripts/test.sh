@@ -20,3 +20,5 @@ go test -race -count=1 -timeout 15m ./...
 # 1 TiB image, without the race detector, which would make them many times
 # slower; the -race run above explores fewer states with the detector on.
 go test -count=1 -run 'TestCrash|Test1TiB' -v ./btt/ | grep -E '^(crash-states:|--- |ok|FAIL|PASS)'
+# Allocation counts are only meaningful without the race detector.
+go test -count=1 -run 'Alloc' ./btt/ ./nbd/ ./internal/cacheflush/
