@@ -56,8 +56,10 @@
 // them gets EINVAL. Each connection has Options.Workers worker
 // goroutines in a leader/follower arrangement: one at a time reads the
 // next request, then runs it itself while another worker takes over the
-// reading, so a request is never handed between goroutines and a slow
-// one holds back nothing. At most Options.Workers requests and
+// reading, so a request is never handed between goroutines; when nothing
+// is queued behind it, the reader keeps its role while it runs the
+// request (no wake-up per request at queue depth 1) and a timer hands the
+// role on after 100 µs, so a slow request holds back nothing. At most Options.Workers requests and
 // Options.MaxInFlightBytes payload bytes are in flight per connection,
 // and replies, which may leave out of order, are serialised by a
 // per-connection mutex. (ZeroSectors on a BTT with sectors smaller than

@@ -30,11 +30,13 @@ type conn struct {
 	// Transmission phase.
 	ex        *export
 	budget    budget
-	rmu       sync.Mutex // held by the worker that reads the next request
-	readEnded bool       // no more requests will be read (under rmu)
-	readErr   error      // why (under rmu; read by transmit after the workers)
-	wmu       sync.Mutex // serialises replies
-	broken    bool       // a reply write failed (under wmu)
+	rmu       sync.Mutex   // held by the worker that reads the next request
+	readEnded bool         // no more requests will be read (under rmu)
+	readErr   error        // why (under rmu; read by transmit after the workers)
+	holding   atomic.Int32 // hold* state of the reader running a request itself
+	handOver  *time.Timer  // hands the reader role on when that takes long
+	wmu       sync.Mutex   // serialises replies
+	broken    bool         // a reply write failed (under wmu)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

@@ -38,6 +38,9 @@ func (c *conn) transmit(ex *export) error {
 	opt := &c.srv.opt
 	c.ex = ex
 	c.budget.init(opt.MaxInFlight, opt.MaxInFlightBytes)
+	c.handOver = time.AfterFunc(time.Hour, c.handOverRole)
+	c.handOver.Stop()
+	defer c.handOver.Stop()
 	var wg sync.WaitGroup
 	for range opt.Workers {
 		wg.Add(1)
@@ -48,11 +51,21 @@ func (c *conn) transmit(ex *export) error {
 }
 
 // follow is one worker: take the reader role, read one request, run it.
+//
+// When no other request is waiting behind the one just read (a client at
+// queue depth 1), the worker runs it still holding the reader role, so
+// no other worker has to be woken for every request. If that request takes
+// longer than handOverAfter, a timer hands the role to another worker on
+// its behalf, so a slow request never holds back the requests behind it.
 func (c *conn) follow(wg *sync.WaitGroup) {
 	defer wg.Done()
 	scratch := make([]byte, scratchLen)
+	reader := false // this worker holds rmu
 	for {
-		c.rmu.Lock()
+		if !reader {
+			c.rmu.Lock()
+			reader = true
+		}
 		if c.readEnded {
 			c.rmu.Unlock()
 			return
@@ -63,8 +76,43 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 			c.rmu.Unlock()
 			return
 		}
-		c.rmu.Unlock()
+		if c.br.Buffered() > 0 {
+			// More requests are already here: another worker reads them
+			// while this one runs its request.
+			c.rmu.Unlock()
+			reader = false
+			c.execute(scratch, j)
+			continue
+		}
+		c.holding.Store(holdRunning)
+		c.handOver.Reset(handOverAfter)
 		c.execute(scratch, j)
+		if c.holding.CompareAndSwap(holdRunning, holdNone) {
+			c.handOver.Stop()
+			continue // still the reader
+		}
+		// The timer handed the role on while the request ran.
+		c.holding.CompareAndSwap(holdHandedOver, holdNone)
+		reader = false
+	}
+}
+
+// handOverAfter is how long a request run by the reading worker may hold
+// back the reading of the next ones.
+const handOverAfter = 100 * time.Microsecond
+
+// States of conn.holding.
+const (
+	holdNone       = iota // no request is being run by the reading worker
+	holdRunning           // the reading worker runs a request, keeping rmu
+	holdHandedOver        // the timer released rmu on its behalf
+)
+
+// handOverRole is the timer's function: release the reader role held by
+// a worker that has been running a request for handOverAfter.
+func (c *conn) handOverRole() {
+	if c.holding.CompareAndSwap(holdRunning, holdHandedOver) {
+		c.rmu.Unlock()
 	}
 }
 
