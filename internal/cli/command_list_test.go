@@ -126,13 +126,13 @@ func listFixtures() []listFixture {
 		}},
 		{"pmemblk", func(t *testing.T, p string) {
 			if _, err := block.Lookup("pmemblk"); err != nil {
-				t.Skip("no pmemblk driver is registered: no PMDK pool fixture")
+				t.Fatal("the pmemblk driver is not registered")
 			}
 			mustRun(t, nil, "create", "--format", "pmemblk", "--size", "32M", "--sector-size", "4096", p)
 		}},
 		{"gpt-pmemblk", func(t *testing.T, p string) {
 			if _, err := block.Lookup("pmemblk"); err != nil {
-				t.Skip("no pmemblk driver is registered: no PMDK pool fixture")
+				t.Fatal("the pmemblk driver is not registered")
 			}
 			gptImage(t, p, 64<<20, []partition.Spec{{Size: 32 << 20, Name: "pool"}, {Name: "btt"}})
 			mustRun(t, nil, "create", "--partition", "1", "--format", "pmemblk", "--sector-size", "512", p)
