@@ -53,21 +53,32 @@
 //	DISC           finish the requests in flight, then close
 //
 // CACHE, BLOCK_STATUS and FAST_ZERO are not advertised; a request using
-// them gets EINVAL. Each connection has Options.Workers worker
-// goroutines in a leader/follower arrangement: one at a time reads the
-// next request, then runs it itself while another worker takes over the
-// reading, so a request is never handed between goroutines; when nothing
-// is queued behind it, the reader keeps its role while it runs the
-// request (no wake-up per request at queue depth 1) and a timer hands the
-// role on after 100 µs, so a slow request holds back nothing. At most Options.Workers requests and
-// Options.MaxInFlightBytes payload bytes are in flight per connection,
-// and replies, which may leave out of order, are serialised by a
-// per-connection mutex. (ZeroSectors on a BTT with sectors smaller than
-// a page writes zero sectors instead of setting the zero state: see
-// btt.BTT.ZeroSectors.) Read
-// and write buffers come from size-class pools with room for the reply
-// header in front, so the steady-state data path does not allocate and
-// a read reply is a single write.
+// them gets EINVAL.
+//
+// # How a connection runs
+//
+// Each connection has Options.Workers worker goroutines in a
+// leader/follower arrangement: one at a time holds the reader role. The
+// reader runs small requests (payload up to 64 KiB) itself, keeping the
+// role, so no goroutine is woken per request; a timer hands the role to
+// another worker when a request takes longer than 100 µs, so a slow
+// request holds back nothing. Larger requests and FLUSH are handed over
+// at once: the reader lets go of the role and runs them while another
+// worker reads on. At most Options.MaxInFlight requests and
+// Options.MaxInFlightBytes payload bytes are in flight per connection.
+//
+// Replies may leave out of order and are combined: the reader holds back
+// the replies of the requests it ran until it is about to wait for the
+// client, and a worker that finds a write in progress queues its reply
+// for that writer, so a burst of requests is answered with one writev.
+// A held reply is always written before anything waits on the client.
+// While the client keeps a connection busy, its reader polls the socket
+// for up to Options.Poll (50 µs) before its goroutine sleeps, which
+// saves a sleep and a wake-up per request. (ZeroSectors on a BTT with
+// sectors smaller than a page writes zero sectors instead of setting the
+// zero state: see btt.BTT.ZeroSectors.) Read and write buffers come from
+// size-class pools with room for the reply header in front, so the
+// steady-state data path does not allocate.
 //
 // # Durability
 //

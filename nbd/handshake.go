@@ -12,8 +12,8 @@ import (
 )
 
 // conn is one client connection. In the transmission phase its workers
-// take turns reading requests (see transmit); replies are written under
-// wmu.
+// take turns reading requests (see transmit); replies are combined by
+// out (see sendOwned).
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -35,8 +35,7 @@ type conn struct {
 	readErr   error        // why (under rmu; read by transmit after the workers)
 	holding   atomic.Int32 // hold* state of the reader running a request itself
 	handOver  *time.Timer  // hands the reader role on when that takes long
-	wmu       sync.Mutex   // serialises replies
-	broken    bool         // a reply write failed (under wmu)
+	out       replyQueue   // replies waiting for the connection's writer
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -48,7 +47,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv: s,
 		nc:  nc,
 		log: s.log.With("remote", remote),
-		br:  bufio.NewReaderSize(nc, 64<<10),
+		br:  bufio.NewReaderSize(newPollReader(nc, s.opt.Poll), 64<<10),
 	}
 }
 

@@ -717,3 +717,91 @@ func TestZeroAllocHotPath(t *testing.T) {
 		}
 	}
 }
+
+// TestHandedOverReplyIsWritten: a request the reading worker runs itself
+// outlives the hand-over timer; by then another worker is waiting for the
+// client, which waits for this reply. The reply must not stay queued
+// behind the reader (replies of the reading worker are held back only
+// while it still reads).
+func TestHandedOverReplyIsWritten(t *testing.T) {
+	release := make(chan struct{})
+	dev := newMemDev(512, 64)
+	dev.hook = func(op string, lba uint64) error {
+		if lba == 7 {
+			select {
+			case <-release:
+			case <-time.After(ioTimeout):
+			}
+		}
+		return nil
+	}
+	for _, poll := range []time.Duration{-1, DefaultPoll} {
+		ts := startServer(t, Options{Workers: 2, Poll: poll}, withExport("", "", dev, false))
+		c := connect(t, ts, "", true)
+		if err := c.send(cmdRead, 0, 1, 7*512, 512, nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * handOverAfter) // the role is handed on; the new reader waits
+		release <- struct{}{}
+		r, err := c.recv()
+		if err != nil || r.handle != 1 || r.errno != 0 {
+			t.Fatalf("poll %v: reply %+v: %v", poll, r, err)
+		}
+		// Still in step: a second round trip.
+		if err := c.send(cmdRead, 0, 2, 0, 512, nil); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := c.recv(); err != nil || r.handle != 2 {
+			t.Fatalf("poll %v: second reply %+v: %v", poll, r, err)
+		}
+	}
+}
+
+// TestBurstRepliesAllArrive: a burst of small requests in one segment,
+// larger than the held-reply threshold and mixed with requests handed to
+// other workers (large reads, FLUSH), is answered completely, and each
+// reply carries the right data.
+func TestBurstRepliesAllArrive(t *testing.T) {
+	dev := newMemDev(4096, 1024)
+	for i := range 1024 {
+		copy(dev.data[i*4096:], pattern(4096, byte(i)))
+	}
+	ts := startServer(t, Options{}, withExport("", "", dev, false))
+	c := connect(t, ts, "", true)
+	var burst []byte
+	const n = 300 // 300 x 4 KiB > replyFlushAt
+	for i := range n {
+		typ, length := cmdRead, uint32(4096)
+		switch {
+		case i%50 == 7:
+			length = 128 << 10 // past inlineMax: handed over
+		case i%50 == 9:
+			typ, length = cmdFlush, 0
+		}
+		h := make([]byte, requestLen)
+		putRequest(h, request{typ: typ, handle: uint64(i), offset: uint64(i%512) * 4096, length: length})
+		burst = append(burst, h...)
+	}
+	if _, err := c.nc.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]bool{}
+	for range n {
+		r, err := c.recv()
+		if err != nil || r.errno != 0 || seen[r.handle] || r.handle >= n {
+			t.Fatalf("reply %+v: %v (duplicate %v)", r.handle, err, seen[r.handle])
+		}
+		seen[r.handle] = true
+		i := int(r.handle)
+		if i%50 == 9 {
+			continue
+		}
+		want := pattern(4096, byte(i%512))
+		if i%50 == 7 {
+			want = dev.snapshot()[(i%512)*4096 : (i%512)*4096+128<<10]
+		}
+		if !bytes.Equal(r.data, want) {
+			t.Fatalf("reply %d: wrong data", i)
+		}
+	}
+}

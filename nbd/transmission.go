@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"net"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,7 @@ func (c *conn) transmit(ex *export) error {
 	opt := &c.srv.opt
 	c.ex = ex
 	c.budget.init(opt.MaxInFlight, opt.MaxInFlightBytes)
+	c.out.init()
 	c.handOver = time.AfterFunc(time.Hour, c.handOverRole)
 	c.handOver.Stop()
 	defer c.handOver.Stop()
@@ -50,16 +52,29 @@ func (c *conn) transmit(ex *export) error {
 	return c.readErr
 }
 
+// worker is the state of one of a connection's worker goroutines.
+type worker struct {
+	c       *conn
+	scratch []byte // for non-data replies
+	// inline: the request being run is run by the reading worker, which
+	// holds its reply back (see conn.sendOwned) until it would wait for
+	// the client, so the replies to a burst of requests leave together.
+	inline bool
+}
+
 // follow is one worker: take the reader role, read one request, run it.
 //
-// When no other request is waiting behind the one just read (a client at
-// queue depth 1), the worker runs it still holding the reader role, so
-// no other worker has to be woken for every request. If that request takes
-// longer than handOverAfter, a timer hands the role to another worker on
-// its behalf, so a slow request never holds back the requests behind it.
+// The reading worker runs small requests itself, still holding the
+// reader role, so no other goroutine is woken per request and the
+// replies to requests that arrived together are written together (one
+// system call). If a request takes longer than handOverAfter, a timer
+// hands the role to another worker on its behalf, so a slow request never
+// holds back the requests behind it. Large requests are handed over at
+// once: the worker lets go of the role and runs the request while another
+// worker reads on.
 func (c *conn) follow(wg *sync.WaitGroup) {
 	defer wg.Done()
-	scratch := make([]byte, scratchLen)
+	w := &worker{c: c, scratch: make([]byte, scratchLen)}
 	reader := false // this worker holds rmu
 	for {
 		if !reader {
@@ -73,20 +88,21 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 		j, end, err := c.readRequest()
 		if end {
 			c.readEnded, c.readErr = true, err
+			c.flushReplies()
 			c.rmu.Unlock()
 			return
 		}
-		if c.br.Buffered() > 0 {
-			// More requests are already here: another worker reads them
-			// while this one runs its request.
+		if j.cost > inlineMax || (j.errno == 0 && j.req.typ == cmdFlush) {
 			c.rmu.Unlock()
 			reader = false
-			c.execute(scratch, j)
+			w.inline = false
+			w.execute(j)
 			continue
 		}
 		c.holding.Store(holdRunning)
 		c.handOver.Reset(handOverAfter)
-		c.execute(scratch, j)
+		w.inline = true
+		w.execute(j)
 		if c.holding.CompareAndSwap(holdRunning, holdNone) {
 			c.handOver.Stop()
 			continue // still the reader
@@ -96,6 +112,10 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 		reader = false
 	}
 }
+
+// inlineMax is the largest payload of a request the reading worker runs
+// itself; larger ones (and FLUSH) go to another worker at once.
+const inlineMax = 64 << 10
 
 // handOverAfter is how long a request run by the reading worker may hold
 // back the reading of the next ones.
@@ -121,6 +141,9 @@ func (c *conn) handOverRole() {
 // broke the protocol, or the server shuts down.
 func (c *conn) readRequest() (j job, end bool, err error) {
 	ex := c.ex
+	if c.br.Buffered() < requestLen {
+		c.flushReplies() // the read may wait for the client
+	}
 	if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 		if c.shutdown.Load() {
 			return j, true, ErrServerClosed
@@ -149,6 +172,9 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 		j.cost = int64(r.length)
 		c.budget.acquire(j.cost)
 		j.buf = getBuf(int(r.length))
+		if c.br.Buffered() < int(r.length) {
+			c.flushReplies()
+		}
 		if _, err := io.ReadFull(c.br, (*j.buf)[:r.length]); err != nil {
 			putBuf(j.buf)
 			c.budget.release(j.cost)
@@ -218,18 +244,19 @@ const (
 
 // execute runs one request against the device and answers it. A device
 // error (or panic) fails this request only.
-func (c *conn) execute(scratch []byte, j job) {
+func (w *worker) execute(j job) {
+	c := w.c
 	defer c.budget.release(j.cost)
 	defer func() {
 		if p := recover(); p != nil {
 			containedPanics.Add(1)
 			c.log.Error("nbd: panic executing request", "panic", p, "type", j.req.typ, "stack", string(debug.Stack()))
-			c.replyErr(scratch, j.req, EIO, "internal server error")
+			w.replyErr(j.req, EIO, "internal server error")
 		}
 	}()
 	r := j.req
 	if j.errno != 0 {
-		c.replyErr(scratch, r, j.errno, j.msg)
+		w.replyErr(r, j.errno, j.msg)
 		return
 	}
 	ex := c.ex
@@ -238,7 +265,7 @@ func (c *conn) execute(scratch []byte, j job) {
 	var err error
 	switch r.typ {
 	case cmdRead:
-		c.replyRead(scratch, r, lba)
+		w.replyRead(r, lba)
 		return
 	case cmdWrite:
 		if n > 0 {
@@ -258,35 +285,37 @@ func (c *conn) execute(scratch []byte, j job) {
 		err = ex.dev.Flush()
 	}
 	if err != nil {
-		c.replyErr(scratch, r, ErrnoOf(err), err.Error())
+		w.replyErr(r, ErrnoOf(err), err.Error())
 		return
 	}
-	c.replySimple(scratch, r.handle, 0)
+	w.replySimple(r.handle, 0)
 }
 
 // replyRead reads the sectors straight into a pooled buffer that has
 // room for the reply header in front, so the reply is one write.
-func (c *conn) replyRead(scratch []byte, r request, lba uint64) {
+func (w *worker) replyRead(r request, lba uint64) {
+	c := w.c
 	prefix := simpleReplyLen
 	if c.structured {
 		if r.length == 0 {
-			c.replyNone(scratch, r.handle)
+			w.replyNone(r.handle)
 			return
 		}
 		prefix = offsetDataPrefix
 	}
 	bp := getBuf(prefix + int(r.length))
-	defer putBuf(bp)
 	b := (*bp)[:prefix+int(r.length)]
 	if r.length > 0 {
 		if err := c.ex.dev.ReadSectors(b[prefix:], lba); err != nil {
-			c.replyErr(scratch, r, ErrnoOf(err), err.Error())
+			putBuf(bp)
+			w.replyErr(r, ErrnoOf(err), err.Error())
 			return
 		}
 	}
 	if r.flags&cmdFlagFUA != 0 {
 		if err := c.ex.dev.Flush(); err != nil {
-			c.replyErr(scratch, r, ErrnoOf(err), err.Error())
+			putBuf(bp)
+			w.replyErr(r, ErrnoOf(err), err.Error())
 			return
 		}
 	}
@@ -304,36 +333,39 @@ func (c *conn) replyRead(scratch []byte, r request, lba uint64) {
 		be.PutUint32(b[4:], 0)
 		be.PutUint64(b[8:], r.handle)
 	}
-	c.send(b)
+	c.sendOwned(b, bp, w.inline)
 }
 
-func (c *conn) replySimple(scratch []byte, handle uint64, errno Errno) {
+func (w *worker) replySimple(handle uint64, errno Errno) {
+	c, scratch := w.c, w.scratch
 	b := scratch[:simpleReplyLen]
 	be.PutUint32(b[0:], magicSimpleReply)
 	be.PutUint32(b[4:], uint32(errno))
 	be.PutUint64(b[8:], handle)
-	c.send(b)
+	c.sendOwned(b, nil, w.inline)
 }
 
-func (c *conn) replyNone(scratch []byte, handle uint64) {
+func (w *worker) replyNone(handle uint64) {
+	c, scratch := w.c, w.scratch
 	b := scratch[:structuredHdrLen]
 	be.PutUint32(b[0:], magicStructured)
 	be.PutUint16(b[4:], replyFlagDone)
 	be.PutUint16(b[6:], replyTypeNone)
 	be.PutUint64(b[8:], handle)
 	be.PutUint32(b[16:], 0)
-	c.send(b)
+	c.sendOwned(b, nil, w.inline)
 }
 
 // replyErr answers r with errno: a structured NBD_REPLY_TYPE_ERROR chunk
 // carrying msg when structured replies were negotiated (mandatory for
 // reads), a simple reply otherwise.
-func (c *conn) replyErr(scratch []byte, r request, errno Errno, msg string) {
+func (w *worker) replyErr(r request, errno Errno, msg string) {
+	c, scratch := w.c, w.scratch
 	if errno == 0 {
 		errno = EIO
 	}
 	if !c.structured {
-		c.replySimple(scratch, r.handle, errno)
+		w.replySimple(r.handle, errno)
 		return
 	}
 	if len(msg) > maxErrMsg {
@@ -349,23 +381,153 @@ func (c *conn) replyErr(scratch []byte, r request, errno Errno, msg string) {
 	be.PutUint32(b[20:], uint32(errno))
 	be.PutUint16(b[24:], uint16(len(msg)))
 	copy(b[26:], msg)
-	c.send(b)
+	c.sendOwned(b, nil, w.inline)
 }
 
-// send writes one complete reply. Replies are serialised per connection;
-// after a failed write the connection is closed (which also wakes the
+// sendOwned queues one complete reply. With own non-nil, b lies in the
+// pooled buffer *own, which passes to the connection (it is returned to
+// its pool once written); otherwise b is copied and may be reused at once.
+//
+// Replies are combined, with no added delay: a sender that finds no
+// write in progress becomes the writer, and writes what is queued, its
+// reply included, with one writev, and again until the queue is empty;
+// replies sent meanwhile are queued for it. A held reply (hold: the
+// reading worker ran the request, see worker.inline) is only queued, up
+// to replyFlushAt bytes: the reading worker flushes the queue before it
+// waits for the client (flushReplies), and any other sender writes it
+// too. So a queued reply always has a writer that does not wait for the
+// client, and a burst of requests gets one system call for its replies.
+// The queue is bounded (replyQueueMax bytes): a sender that finds it full
+// waits for the writer, so a client that does not read its replies stops
+// the workers, and then the reader.
+//
+// After a failed write the connection is closed (which also wakes the
 // reader) and further replies are dropped.
-func (c *conn) send(b []byte) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.broken {
+func (c *conn) sendOwned(b []byte, own *[]byte, hold bool) {
+	o := &c.out
+	o.mu.Lock()
+	for !o.broken && o.writing && o.queued >= replyQueueMax {
+		o.cond.Wait()
+	}
+	if o.broken {
+		o.mu.Unlock()
+		putBuf(own)
 		return
 	}
-	if _, err := c.nc.Write(b); err != nil {
-		c.broken = true
-		c.log.Debug("nbd: reply write failed; closing", "err", err)
-		c.nc.Close()
+	o.queue(b, own)
+	// Hold only while still the reader: once the timer has handed the
+	// role on, the new reader may already be waiting for the client. (The
+	// timer's CAS precedes the new reader's flush, which takes o.mu.)
+	hold = hold && c.holding.Load() == holdRunning
+	if o.writing || (hold && o.queued < replyFlushAt) {
+		o.mu.Unlock()
+		return
 	}
+	c.writeReplies()
+}
+
+// flushReplies writes the queued replies unless a writer is already at it.
+func (c *conn) flushReplies() {
+	o := &c.out
+	o.mu.Lock()
+	if o.writing || o.broken || o.queued == 0 {
+		o.mu.Unlock()
+		return
+	}
+	c.writeReplies()
+}
+
+// writeReplies is the writer: called with out.mu held and the queue not
+// empty, it writes batches until the queue is empty, and returns with
+// out.mu released.
+func (c *conn) writeReplies() {
+	o := &c.out
+	o.writing = true
+	for {
+		// Take the batch; senders may queue the next one meanwhile.
+		o.small, o.wsmall = o.wsmall[:0], o.small
+		o.owned, o.wowned = o.wowned[:0], o.owned
+		o.vecs, o.wvecs = o.wvecs[:0], o.vecs
+		o.queued = 0
+		o.cond.Broadcast()
+		o.mu.Unlock()
+		o.wiov = append(append(o.wiov[:0], o.wvecs...), o.wsmall)
+		o.wbufs = o.wiov // WriteTo consumes wbufs, not wiov
+		_, err := o.wbufs.WriteTo(c.nc)
+		clear(o.wiov)
+		for i, p := range o.wowned {
+			putBuf(p)
+			o.wowned[i] = nil
+		}
+		clear(o.wvecs)
+		o.wvecs = o.wvecs[:0]
+		o.mu.Lock()
+		if err != nil {
+			o.fail()
+			o.mu.Unlock()
+			c.log.Debug("nbd: reply write failed; closing", "err", err)
+			c.nc.Close()
+			return
+		}
+		if o.queued == 0 {
+			o.writing = false
+			o.mu.Unlock()
+			return
+		}
+	}
+}
+
+// replyFlushAt is how many bytes of held replies the reading worker
+// collects before it writes them anyway.
+const replyFlushAt = 256 << 10
+
+// replyQueueMax bounds the bytes of replies queued behind the one being
+// written on a connection (a sender waits beyond it).
+const replyQueueMax = 1 << 20
+
+// replyQueue holds the replies of one connection waiting for its writer.
+// Small replies are copied into one buffer; data replies are queued by
+// reference with their pooled buffers. Each list has a twin that the
+// writer owns while it writes (the w* fields, touched only by the
+// writer), so a steady stream of batches allocates nothing.
+type replyQueue struct {
+	mu      sync.Mutex
+	cond    sync.Cond // signalled when a batch is taken or the connection breaks
+	writing bool      // a writer is active (it empties the queue before it stops)
+	broken  bool      // a reply write failed
+	queued  int       // bytes queued
+	small   []byte    // concatenated small replies
+	vecs    [][]byte  // data replies
+	owned   []*[]byte // their buffers
+
+	wsmall []byte
+	wvecs  [][]byte
+	wowned []*[]byte
+	wiov   [][]byte
+	wbufs  net.Buffers
+}
+
+func (o *replyQueue) init() { o.cond.L = &o.mu }
+
+func (o *replyQueue) queue(b []byte, own *[]byte) {
+	o.queued += len(b)
+	if own == nil {
+		o.small = append(o.small, b...)
+		return
+	}
+	o.vecs = append(o.vecs, b)
+	o.owned = append(o.owned, own)
+}
+
+// fail marks the connection broken and drops what is queued (under mu).
+func (o *replyQueue) fail() {
+	o.broken, o.writing = true, false
+	for i, p := range o.owned {
+		putBuf(p)
+		o.owned[i] = nil
+	}
+	o.owned, o.vecs, o.small, o.queued = o.owned[:0], o.vecs[:0], o.small[:0], 0
+	o.cond.Broadcast()
 }
 
 // budget bounds the requests of one connection in flight, by count and

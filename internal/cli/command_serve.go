@@ -36,6 +36,7 @@ type serveOptions struct {
 	readOnly   bool
 	size       string
 	exportName string
+	poll       time.Duration
 }
 
 func newServeCommand() *cobra.Command {
@@ -56,6 +57,7 @@ func newServeCommand() *cobra.Command {
 	f.BoolVar(&o.readOnly, "read-only", false, "refuse writes (clients get EPERM)")
 	f.StringVar(&o.size, "size", "", "size of PATH if it has to be created (64M, 1G, 1T or bytes); default 1G")
 	f.StringVar(&o.exportName, "export-name", "", "NBD export name (the empty default name selects it too)")
+	f.DurationVar(&o.poll, "poll", nbd.DefaultPoll, "how long a busy connection polls for its next request before sleeping (0: never; saves a wake-up per request, costs CPU)")
 	addPartitionFlag(cmd)
 	return cmd
 }
@@ -93,7 +95,7 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	defer ln.Close()
 
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger})
+	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger, Poll: pollOption(o.poll)})
 	desc := fmt.Sprintf("nvblk %s: %s", filepath.Base(path), formatDesc(info))
 	if err := srv.AddExport(o.exportName, desc, bd, readOnly); err != nil {
 		return err
@@ -241,4 +243,13 @@ func printConnectHelp(w io.Writer, path string, info InfoJSON, readOnly bool, o 
 	}
 	fmt.Fprintf(w, "  %s   # kernel client: modprobe nbd first; nbd-client -d /dev/nbd0 to detach\n", nc)
 	fmt.Fprintln(w, "stop with Ctrl-C (SIGINT) or SIGTERM")
+}
+
+// pollOption maps --poll to nbd.Options.Poll, where zero means the
+// default and a negative value disables polling.
+func pollOption(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
