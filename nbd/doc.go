@@ -60,8 +60,8 @@
 // Each connection has Options.Workers worker goroutines in a
 // leader/follower arrangement: one at a time holds the reader role. The
 // reader runs small requests (payload up to 64 KiB) itself, keeping the
-// role, so no goroutine is woken per request; a timer hands the role to
-// another worker when a request takes longer than 100 µs, so a slow
+// role, so no goroutine is woken per request; a watchdog hands the role to
+// another worker when a request takes longer than 200-400 µs, so a slow
 // request holds back nothing. Larger requests and FLUSH are handed over
 // at once: the reader lets go of the role and runs them while another
 // worker reads on. At most Options.MaxInFlight requests and

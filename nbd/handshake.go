@@ -30,12 +30,15 @@ type conn struct {
 	// Transmission phase.
 	ex        *export
 	budget    budget
-	rmu       sync.Mutex   // held by the worker that reads the next request
-	readEnded bool         // no more requests will be read (under rmu)
-	readErr   error        // why (under rmu; read by transmit after the workers)
-	holding   atomic.Int32 // hold* state of the reader running a request itself
-	handOver  *time.Timer  // hands the reader role on when that takes long
-	out       replyQueue   // replies waiting for the connection's writer
+	rmu       sync.Mutex    // held by the worker that reads the next request
+	readEnded bool          // no more requests will be read (under rmu)
+	readErr   error         // why (under rmu; read by transmit after the workers)
+	holding   atomic.Int32  // hold* state of the reader running a request itself
+	inlineSeq atomic.Uint64 // requests started by the reading worker itself
+	watching  atomic.Bool   // the watchdog is ticking
+	watchdog  *time.Timer   // hands the reader role on when a request takes long
+	watchSeen atomic.Uint64 // inlineSeq at the watchdog's previous tick
+	out       replyQueue    // replies waiting for the connection's writer
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

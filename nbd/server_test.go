@@ -741,7 +741,7 @@ func TestHandedOverReplyIsWritten(t *testing.T) {
 		if err := c.send(cmdRead, 0, 1, 7*512, 512, nil); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * handOverAfter) // the role is handed on; the new reader waits
+		time.Sleep(10 * watchTick) // the role is handed on; the new reader waits
 		release <- struct{}{}
 		r, err := c.recv()
 		if err != nil || r.handle != 1 || r.errno != 0 {

@@ -40,9 +40,9 @@ func (c *conn) transmit(ex *export) error {
 	c.ex = ex
 	c.budget.init(opt.MaxInFlight, opt.MaxInFlightBytes)
 	c.out.init()
-	c.handOver = time.AfterFunc(time.Hour, c.handOverRole)
-	c.handOver.Stop()
-	defer c.handOver.Stop()
+	c.watchdog = time.AfterFunc(time.Hour, c.watch)
+	c.watchdog.Stop()
+	defer c.watchdog.Stop()
 	var wg sync.WaitGroup
 	for range opt.Workers {
 		wg.Add(1)
@@ -67,7 +67,7 @@ type worker struct {
 // The reading worker runs small requests itself, still holding the
 // reader role, so no other goroutine is woken per request and the
 // replies to requests that arrived together are written together (one
-// system call). If a request takes longer than handOverAfter, a timer
+// system call). If a request runs for a watchdog tick or two (watchTick), the watchdog
 // hands the role to another worker on its behalf, so a slow request never
 // holds back the requests behind it. Large requests are handed over at
 // once: the worker lets go of the role and runs the request while another
@@ -100,14 +100,16 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 			continue
 		}
 		c.holding.Store(holdRunning)
-		c.handOver.Reset(handOverAfter)
+		c.inlineSeq.Add(1)
+		if !c.watching.Load() && c.watching.CompareAndSwap(false, true) {
+			c.watchdog.Reset(watchTick)
+		}
 		w.inline = true
 		w.execute(j)
 		if c.holding.CompareAndSwap(holdRunning, holdNone) {
-			c.handOver.Stop()
 			continue // still the reader
 		}
-		// The timer handed the role on while the request ran.
+		// The watchdog handed the role on while the request ran.
 		c.holding.CompareAndSwap(holdHandedOver, holdNone)
 		reader = false
 	}
@@ -117,19 +119,48 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 // itself; larger ones (and FLUSH) go to another worker at once.
 const inlineMax = 64 << 10
 
-// handOverAfter is how long a request run by the reading worker may hold
-// back the reading of the next ones.
-const handOverAfter = 100 * time.Microsecond
+// watchTick is the period of a connection's watchdog: a request run by
+// the reading worker holds back the reading of the next ones for at most
+// two ticks. (A timer armed per request would cost a wake-up of an idle
+// thread per request; the watchdog ticks only while the connection is
+// busy.)
+const watchTick = 200 * time.Microsecond
 
 // States of conn.holding.
 const (
 	holdNone       = iota // no request is being run by the reading worker
 	holdRunning           // the reading worker runs a request, keeping rmu
-	holdHandedOver        // the timer released rmu on its behalf
+	holdHandedOver        // the watchdog released rmu on its behalf
 )
 
-// handOverRole is the timer's function: release the reader role held by
-// a worker that has been running a request for handOverAfter.
+// watch is the watchdog's tick. If the reading worker has been running
+// the same request since the previous tick, it hands the reader role on
+// (handOverRole). It stops ticking after a tick in which the reading
+// worker started no request, and the reading worker starts it again.
+func (c *conn) watch() {
+	seq := c.inlineSeq.Load()
+	running := c.holding.Load() == holdRunning
+	seen := c.watchSeen.Swap(seq)
+	if running && seq == seen {
+		c.handOverRole()
+	}
+	idle := seq == seen && !running
+	if !idle {
+		c.watchdog.Reset(watchTick)
+		return
+	}
+	c.watching.Store(false)
+	// A request that started after the load of holding above may have
+	// seen watching still true and not restarted the watchdog: restart it
+	// here. (Sequentially consistent atomics: either that worker sees
+	// false, or this load sees its holdRunning.)
+	if c.holding.Load() == holdRunning && c.watching.CompareAndSwap(false, true) {
+		c.watchdog.Reset(watchTick)
+	}
+}
+
+// handOverRole releases the reader role held by a worker that runs a
+// request itself, on its behalf.
 func (c *conn) handOverRole() {
 	if c.holding.CompareAndSwap(holdRunning, holdHandedOver) {
 		c.rmu.Unlock()
