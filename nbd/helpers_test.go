@@ -171,6 +171,20 @@ func (ts *testServer) uri(name string) string {
 	return fmt.Sprintf("nbd+unix:///%s?socket=%s", name, ts.sock)
 }
 
+// onlyConn returns the server side of the one open connection.
+func (ts *testServer) onlyConn(t testing.TB) *conn {
+	t.Helper()
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if len(ts.conns) != 1 {
+		t.Fatalf("%d server connections, want 1", len(ts.conns))
+	}
+	for c := range ts.conns {
+		return c
+	}
+	return nil
+}
+
 func startServer(t testing.TB, opt Options, exports ...func(*Server)) *testServer {
 	t.Helper()
 	srv := NewServer(opt)

@@ -422,17 +422,7 @@ func TestInFlightBound(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
-	srvConn := func() *conn {
-		ts.mu.Lock()
-		defer ts.mu.Unlock()
-		for c := range ts.conns {
-			return c
-		}
-		return nil
-	}()
-	if srvConn == nil {
-		t.Fatal("no server connection")
-	}
+	srvConn := ts.onlyConn(t)
 	srvConn.budget.mu.Lock()
 	inflight := srvConn.budget.n
 	srvConn.budget.mu.Unlock()
@@ -753,6 +743,29 @@ func TestHandedOverReplyIsWritten(t *testing.T) {
 		}
 		if r, err := c.recv(); err != nil || r.handle != 2 {
 			t.Fatalf("poll %v: second reply %+v: %v", poll, r, err)
+		}
+		// Idle for a while: the watchdog stops ticking...
+		sc := ts.onlyConn(t)
+		deadline := time.Now().Add(ioTimeout)
+		for sc.watching.Load() && time.Now().Before(deadline) {
+			time.Sleep(watchTick)
+		}
+		if sc.watching.Load() {
+			t.Fatalf("poll %v: the watchdog still ticks on an idle connection", poll)
+		}
+		// ...and starts again: a slow request with a fast one behind it.
+		if err := c.send(cmdRead, 0, 3, 7*512, 512, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.send(cmdRead, 0, 4, 0, 512, nil); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := c.recv(); err != nil || r.handle != 4 {
+			t.Fatalf("poll %v: the request behind a slow one: %+v: %v", poll, r, err)
+		}
+		release <- struct{}{}
+		if r, err := c.recv(); err != nil || r.handle != 3 {
+			t.Fatalf("poll %v: the slow request: %+v: %v", poll, r, err)
 		}
 	}
 }
