@@ -2,10 +2,10 @@
 # Throughput of `nvblk serve` side by side with nbdkit (file plugin) and
 # qemu-nbd, all on unix sockets, each serving a 1 GiB image on /dev/shm,
 # measured with the same fio job (ioengine=nbd, 4k random read and write,
-# iodepth 1 and 8). Prints a table of IOPS and the ratios nvblk/peer.
+# iodepth 1, 8 and 32). Prints a table of IOPS and the ratios nvblk/peer.
 #
 #   scripts/bench-nbd.sh                      # 3 rounds of 3 s per run, median
-#   RUNTIME=10 ROUNDS=5 scripts/bench-nbd.sh
+#   RUNTIME=10 ROUNDS=5 DEPTHS="1 4 16" scripts/bench-nbd.sh
 #
 # The three servers run side by side (idle ones cost nothing) and the fio
 # runs are interleaved (workload by workload, server by server, round by
@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 
 RUNTIME=${RUNTIME:-3}
 ROUNDS=${ROUNDS:-3}
+DEPTHS=${DEPTHS:-1 8 32}
 SIZE=${SIZE:-1G}
 for t in fio nbdkit qemu-nbd go; do
 	command -v "$t" >/dev/null || { echo "bench-nbd: $t missing; run scripts/install-deps.sh" >&2; exit 1; }
@@ -91,7 +92,7 @@ print(int(j["read"]["iops"] + j["write"]["iops"]))' <<<"$out"
 declare -A RES # RES[server,rw,qd] = space-separated IOPS of each round
 for round in $(seq "$ROUNDS"); do
 	for rw in randread randwrite; do
-		for qd in 1 8; do
+		for qd in $DEPTHS; do
 			for s in "${SERVERS[@]}"; do
 				v=$(fio_iops "${URI[$s]}" "$rw" "$qd")
 				RES[$s,$rw,$qd]+="$v "
@@ -108,7 +109,7 @@ echo
 echo "4k IOPS (median of $ROUNDS x ${RUNTIME}s), $(nproc) CPUs, $SIZE image on /dev/shm, unix sockets, fio ioengine=nbd"
 printf '%-20s %10s %10s %10s %14s %16s\n' workload nvblk nbdkit qemu-nbd nvblk/nbdkit nvblk/qemu-nbd
 for rw in randread randwrite; do
-	for qd in 1 8; do
+	for qd in $DEPTHS; do
 		n=$(median "${RES[nvblk,$rw,$qd]}") k=$(median "${RES[nbdkit,$rw,$qd]}") q=$(median "${RES[qemu-nbd,$rw,$qd]}")
 		printf '%-20s %10d %10d %10d %14s %16s\n' "$rw iodepth=$qd" "$n" "$k" "$q" "$(ratio "$n" "$k")" "$(ratio "$n" "$q")"
 	done
