@@ -73,8 +73,9 @@
 // for that writer, so a burst of requests is answered with one writev.
 // A held reply is always written before anything waits on the client.
 // While the client keeps a connection busy, its reader polls the socket
-// for up to Options.Poll (50 µs) before its goroutine sleeps, which
-// saves a sleep and a wake-up per request. (ZeroSectors on a BTT with
+// for up to Options.Poll (20 µs) before its goroutine sleeps (only when
+// the server has few connections), which saves a sleep and a wake-up
+// per request. (ZeroSectors on a BTT with
 // sectors smaller than a page writes zero sectors instead of setting the
 // zero state: see btt.BTT.ZeroSectors.) Read and write buffers come from
 // size-class pools with room for the reply header in front, so the

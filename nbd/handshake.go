@@ -50,7 +50,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv: s,
 		nc:  nc,
 		log: s.log.With("remote", remote),
-		br:  bufio.NewReaderSize(newPollReader(nc, s.opt.Poll), 64<<10),
+		br:  bufio.NewReaderSize(newPollReader(nc, s.opt.Poll, s.pollGate), 64<<10),
 	}
 }
 

@@ -40,7 +40,7 @@ func unixPair(t *testing.T) (server, client net.Conn) {
 // and end of stream, each give what a plain net.Conn read gives.
 func TestPollReader(t *testing.T) {
 	srv, cli := unixPair(t)
-	r := newPollReader(srv, 200*time.Microsecond)
+	r := newPollReader(srv, 200*time.Microsecond, newPollGate())
 	p, ok := r.(*pollReader)
 	if !ok {
 		t.Fatalf("a unix socket is not polled: %T", r)
@@ -73,7 +73,34 @@ func TestPollReader(t *testing.T) {
 	if n, err := r.Read(buf); n != 0 || err != io.EOF {
 		t.Fatalf("read after end: %d %v", n, err)
 	}
-	if newPollReader(srv, -1) != srv {
+	if newPollReader(srv, -1, newPollGate()) != srv {
 		t.Error("a negative poll time still polls")
+	}
+}
+
+// TestPollGate: polling is allowed for at most GOMAXPROCS/2 connections
+// at once, and not at all while the server has more connections than
+// that in the transmission phase.
+func TestPollGate(t *testing.T) {
+	g := &pollGate{max: 2}
+	g.conns.Store(2)
+	if !g.enter() || !g.enter() {
+		t.Fatal("two pollers refused with max 2")
+	}
+	if g.enter() {
+		t.Fatal("a third poller admitted with max 2")
+	}
+	g.leave()
+	if !g.enter() {
+		t.Fatal("a poller refused after one left")
+	}
+	g.leave()
+	g.leave()
+	g.conns.Store(3)
+	if g.enter() {
+		t.Fatal("polling with more connections than max")
+	}
+	if g.polling.Load() != 0 {
+		t.Fatalf("%d pollers counted after all left", g.polling.Load())
 	}
 }

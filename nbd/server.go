@@ -33,7 +33,7 @@ const (
 )
 
 // DefaultPoll is the default of Options.Poll.
-const DefaultPoll = 50 * time.Microsecond
+const DefaultPoll = 20 * time.Microsecond
 
 // Options configure a Server. The zero value gives the defaults.
 type Options struct {
@@ -65,7 +65,9 @@ type Options struct {
 	// next request before its goroutine sleeps, while the client keeps
 	// the connection busy (see pollReader): it saves a sleep and a
 	// wake-up per request at the price of up to Poll of CPU time per gap
-	// between requests. Default 50 µs; negative disables polling.
+	// between requests. Only a server with at most GOMAXPROCS/2
+	// connections (at least one) polls. Default 20 µs; negative disables
+	// polling.
 	Poll time.Duration
 	// DefaultExport names the export selected by the empty export name
 	// when no export is literally named "". Optional.
@@ -129,8 +131,9 @@ type export struct {
 // exports, then call Serve with one or more listeners. It is safe for
 // concurrent use.
 type Server struct {
-	opt Options
-	log *slog.Logger
+	opt      Options
+	log      *slog.Logger
+	pollGate *pollGate // bounds the connections polling at once
 
 	mu        sync.Mutex
 	exports   map[string]*export
@@ -146,6 +149,7 @@ func NewServer(opt Options) *Server {
 	return &Server{
 		opt:       opt,
 		log:       opt.Logger,
+		pollGate:  newPollGate(),
 		exports:   map[string]*export{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},

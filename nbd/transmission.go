@@ -40,6 +40,8 @@ func (c *conn) transmit(ex *export) error {
 	c.ex = ex
 	c.budget.init(opt.MaxInFlight, opt.MaxInFlightBytes)
 	c.out.init()
+	c.srv.pollGate.conns.Add(1)
+	defer c.srv.pollGate.conns.Add(-1)
 	c.watchdog = time.AfterFunc(time.Hour, c.watch)
 	c.watchdog.Stop()
 	defer c.watchdog.Stop()

@@ -2,7 +2,8 @@
 # Throughput of `nvblk serve` side by side with nbdkit (file plugin) and
 # qemu-nbd, all on unix sockets, each serving a 1 GiB image on /dev/shm,
 # measured with the same fio job (ioengine=nbd, 4k random read and write,
-# iodepth 1, 8 and 32). Prints a table of IOPS and the ratios nvblk/peer.
+# iodepth 1, 8 and 32 on one connection, and iodepth 8 on each of 4
+# connections: fio --numjobs=4). Prints a table of IOPS and the ratios nvblk/peer.
 #
 #   scripts/bench-nbd.sh                      # 3 rounds of 3 s per run, median
 #   RUNTIME=10 ROUNDS=5 DEPTHS="1 4 16" scripts/bench-nbd.sh
@@ -77,11 +78,11 @@ declare -A URI=(
 )
 SERVERS=(nvblk nbdkit qemu-nbd)
 
-# fio_iops URI RW DEPTH -> IOPS
+# fio_iops URI RW DEPTH [JOBS] -> IOPS (all jobs together)
 fio_iops() {
 	local out
 	out=$(fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs=4k --iodepth="$3" \
-		--time_based --runtime="$RUNTIME" --ramp_time=1 --norandommap --randrepeat=0 \
+		--numjobs="${4:-1}" --group_reporting --time_based --runtime="$RUNTIME" --ramp_time=1 --norandommap --randrepeat=0 \
 		--output-format=json 2>/dev/null)
 	"$PY" -c 'import json,sys
 s=sys.stdin.read()  # fio may print "connected to NBD server" first
@@ -99,6 +100,11 @@ for round in $(seq "$ROUNDS"); do
 				echo "bench-nbd: round $round $s $rw iodepth=$qd: $v IOPS" >&2
 			done
 		done
+		for s in "${SERVERS[@]}"; do
+			v=$(fio_iops "${URI[$s]}" "$rw" 8 4)
+			RES[$s,$rw,8x4]+="$v "
+			echo "bench-nbd: round $round $s $rw iodepth=8 x 4 connections: $v IOPS" >&2
+		done
 	done
 done
 
@@ -107,10 +113,10 @@ ratio() { "$PY" -c "print(f'{$1/$2:.2f}')"; }
 
 echo
 echo "4k IOPS (median of $ROUNDS x ${RUNTIME}s), $(nproc) CPUs, $SIZE image on /dev/shm, unix sockets, fio ioengine=nbd"
-printf '%-20s %10s %10s %10s %14s %16s\n' workload nvblk nbdkit qemu-nbd nvblk/nbdkit nvblk/qemu-nbd
+printf '%-22s %10s %10s %10s %14s %16s\n' workload nvblk nbdkit qemu-nbd nvblk/nbdkit nvblk/qemu-nbd
 for rw in randread randwrite; do
-	for qd in $DEPTHS; do
+	for qd in $DEPTHS 8x4; do
 		n=$(median "${RES[nvblk,$rw,$qd]}") k=$(median "${RES[nbdkit,$rw,$qd]}") q=$(median "${RES[qemu-nbd,$rw,$qd]}")
-		printf '%-20s %10d %10d %10d %14s %16s\n' "$rw iodepth=$qd" "$n" "$k" "$q" "$(ratio "$n" "$k")" "$(ratio "$n" "$q")"
+		printf '%-22s %10d %10d %10d %14s %16s\n' "$rw iodepth=$qd" "$n" "$k" "$q" "$(ratio "$n" "$k")" "$(ratio "$n" "$q")"
 	done
 done
