@@ -38,17 +38,7 @@ KEEP=${KEEP:-0}
 export PMEM_IS_PMEM_FORCE=1
 
 # --- dependencies -----------------------------------------------------------
-need=()
-for p in gcc libc6-dev libpmemblk-dev libpmem-dev pmdk-tools time; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if ((${#need[@]})); then
-	SUDO=""
-	[ "$(id -u)" = 0 ] || SUDO="sudo"
-	echo "bench-blk: installing ${need[*]}" >&2
-	$SUDO apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+scripts/install-deps.sh gcc libc6-dev libpmemblk-dev libpmem-dev pmdk-tools time
 command -v go >/dev/null || { echo "bench-blk: go is needed to build nvblk" >&2; exit 1; }
 
 DIR=$(mktemp -d "${BENCH_DIR:-/dev/shm}/nvblk-bench.XXXXXX")

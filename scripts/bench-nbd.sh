@@ -25,9 +25,8 @@ RUNTIME=${RUNTIME:-3}
 ROUNDS=${ROUNDS:-3}
 DEPTHS=${DEPTHS:-1 8 32}
 SIZE=${SIZE:-1G}
-for t in fio nbdkit qemu-nbd go; do
-	command -v "$t" >/dev/null || { echo "bench-nbd: $t missing; run scripts/install-deps.sh" >&2; exit 1; }
-done
+scripts/install-deps.sh fio nbdkit qemu-utils python3
+command -v go >/dev/null || { echo "bench-nbd: go is needed to build nvblk" >&2; exit 1; }
 PY=/usr/bin/python3 # the system python, not a pyenv shim
 
 D=$(mktemp -d /dev/shm/nvblk-nbdbench.XXXXXX)

@@ -2,6 +2,9 @@
 # Installs what nvblk's tests need on a fresh Debian 12 machine. Idempotent:
 # packages already present are not reinstalled. Runs as root (CI and the
 # development machines are root); elsewhere it uses sudo if available.
+#
+#   scripts/install-deps.sh            # the tests' packages (PKGS below)
+#   scripts/install-deps.sh PKG...     # just these (the benchmark scripts)
 set -euo pipefail
 
 # Debian packages the interop tests use. Keep this list in one place.
@@ -27,6 +30,7 @@ PKGS=(
 	xfsprogs
 )
 
+(($#)) && PKGS=("$@")
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
