@@ -44,6 +44,19 @@ type Atomic interface {
 	AtomicSectors() bool
 }
 
+// ZeroMapper is implemented by devices that know, without reading the
+// data, which sectors read as zeros: the BTT's zero state (trimmed or
+// zeroed sectors) and, in a PMDK pool, blocks never written. The NBD
+// server reports them to clients as holes (NBD_CMD_BLOCK_STATUS), so that
+// copying tools can skip them.
+type ZeroMapper interface {
+	// ZeroRun returns the length n (1 <= n <= count) of the run of
+	// sectors from lba that all read as zeros (zero true), or of which
+	// none is known to (zero false). It needs count >= 1 and
+	// lba+count <= Sectors().
+	ZeroRun(lba, count uint64) (n uint64, zero bool, err error)
+}
+
 // OpenOptions are passed to a driver's Open.
 type OpenOptions struct {
 	ReadOnly bool

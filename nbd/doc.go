@@ -24,10 +24,15 @@
 //	                          NBD_INFO_BLOCK_SIZE; unknown name: NBD_REP_ERR_UNKNOWN
 //	NBD_OPT_LIST              one NBD_REP_SERVER (name + description) per export
 //	NBD_OPT_STRUCTURED_REPLY  structured replies for the rest of the session
+//	NBD_OPT_LIST_META_CONTEXT,
+//	NBD_OPT_SET_META_CONTEXT  one context, base:allocation (matched by its name
+//	                          or by "base:"; LIST without queries lists it);
+//	                          needs structured replies (else NBD_REP_ERR_INVALID);
+//	                          a selection applies to the export it names only
 //	NBD_OPT_ABORT             NBD_REP_ACK, then close
 //
-// Everything else (STARTTLS, the meta-context options, unknown numbers)
-// gets NBD_REP_ERR_UNSUP, so clients fall back. NBD_REP_ERR_BLOCK_SIZE_REQD
+// Everything else (STARTTLS, EXTENDED_HEADERS, unknown numbers) gets
+// NBD_REP_ERR_UNSUP, so clients fall back. NBD_REP_ERR_BLOCK_SIZE_REQD
 // is never sent: clients that use NBD_OPT_EXPORT_NAME are served, and
 // their misaligned requests fail with EINVAL.
 //
@@ -50,10 +55,15 @@
 //	TRIM,          device ZeroSectors: the BTT zero state, a map flag. No
 //	WRITE_ZEROES   block is freed, so NBD_CMD_FLAG_NO_HOLE is honoured as is.
 //	FLUSH, FUA     device Flush (see Durability)
+//	BLOCK_STATUS   base:allocation: runs of sectors the device knows read
+//	               as zeros (block.ZeroMapper: the BTT's zero state, blocks
+//	               of a PMDK pool never written) are HOLE|ZERO, the rest 0;
+//	               at most 256 extents and 2^20 sectors per reply; REQ_ONE
+//	               honoured. Without a selected context: EINVAL.
 //	DISC           finish the requests in flight, then close
 //
-// CACHE, BLOCK_STATUS and FAST_ZERO are not advertised; a request using
-// them gets EINVAL.
+// CACHE and FAST_ZERO are not advertised; a request using them gets
+// EINVAL.
 //
 // # How a connection runs
 //

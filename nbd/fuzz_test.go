@@ -87,6 +87,26 @@ func FuzzInfoRequest(f *testing.F) {
 // server connection: option haggling and, if the input gets there,
 // transmission. The server must end the connection without panicking
 // (a panic is contained by serve and reported in its error).
+func FuzzMetaRequest(f *testing.F) {
+	f.Add(metaData(""))
+	f.Add(metaData("disk", metaAllocation, "base:"))
+	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	f.Add(append(metaData("x", "y"), 1))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeMetaRequest(b)
+		if err != nil {
+			return
+		}
+		size := 8 + len(r.name)
+		for _, q := range r.queries {
+			size += 4 + len(q)
+		}
+		if size != len(b) || len(r.name) > MaxStringLen {
+			t.Fatalf("decoded %q + %d queries (%d bytes) from %d bytes", r.name, len(r.queries), size, len(b))
+		}
+	})
+}
+
 func FuzzHandshake(f *testing.F) {
 	flags := be.AppendUint32(nil, clientFixedNewstyle|clientNoZeroes)
 	opt := func(o uint32, data []byte) []byte {
@@ -110,6 +130,12 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(cat(flags, opt(optList, nil), opt(optInfo, infoData("nope")), opt(99, []byte("x")), opt(optAbort, nil)))
 	f.Add(cat(flags, opt(optGo, be.AppendUint32(nil, 0xffffffff))))
 	f.Add(cat(flags, opt(optExportName, nil), req(cmdWrite, 0, 0, 0xffffffff, nil)))
+	f.Add(cat(flags, opt(optStructuredReply, nil), opt(optListMetaContext, metaData("", "base:")),
+		opt(optSetMetaContext, metaData("", metaAllocation)), opt(optGo, infoData("")),
+		req(cmdBlockStatus, 0, 0, 4096, nil), req(cmdBlockStatus, cmdFlagReqOne, 512, 512, nil),
+		req(cmdBlockStatus, 0, 0, 1<<30, nil)))
+	f.Add(cat(flags, opt(optSetMetaContext, metaData("", metaAllocation)), opt(optExportName, nil),
+		req(cmdBlockStatus, 0, 0, 4096, nil)))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte("IHAVEOPT"))
 

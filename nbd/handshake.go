@@ -23,6 +23,8 @@ type conn struct {
 	shutdown   atomic.Bool // Shutdown began: read no further requests
 	structured bool        // NBD_OPT_STRUCTURED_REPLY was acknowledged
 	noZeroes   bool        // client set NBD_FLAG_C_NO_ZEROES
+	metaAlloc  bool        // base:allocation is selected (for metaExport)
+	metaExport *export     // the export of the last NBD_OPT_SET_META_CONTEXT
 
 	optBuf []byte // handshake option data, grown up to maxOptionLen
 	hdr    [requestLen]byte
@@ -140,6 +142,7 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 			// The option cannot carry an error: the protocol says close.
 			return nil, true, fmt.Errorf("client asked for unknown export %q", data)
 		}
+		c.selectExport(ex)
 		var b [8 + 2 + zeroPadLen]byte
 		be.PutUint64(b[0:], ex.Size)
 		be.PutUint16(b[8:], c.transmissionFlags(ex))
@@ -205,6 +208,7 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 		writeOptReply(bw, opt, repInfo, bs[:])
 		writeOptReply(bw, opt, repAck, nil)
 		if opt == optGo {
+			c.selectExport(ex)
 			return ex, true, nil
 		}
 		return nil, false, nil
@@ -221,10 +225,61 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 		c.structured = true
 		writeOptReply(bw, opt, repAck, nil)
 		return nil, false, nil
+	case optListMetaContext, optSetMetaContext:
+		return nil, false, c.metaContext(bw, opt, data)
 	}
-	// NBD_OPT_STARTTLS, the meta-context options and anything unknown.
+	// NBD_OPT_STARTTLS, NBD_OPT_EXTENDED_HEADERS and anything unknown.
 	writeOptReply(bw, opt, repErrUnsup, nil)
 	return nil, false, nil
+}
+
+// metaContext answers NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT. The server knows one context,
+// base:allocation; a query for it, or for the whole base: namespace,
+// matches it, and queries in other namespaces match nothing. SET
+// replaces the selection (recorded with its export: it applies only if
+// the client then goes to that export).
+func (c *conn) metaContext(bw *bufio.Writer, opt uint32, data []byte) error {
+	if !c.structured {
+		writeOptReply(bw, opt, repErrInvalid, []byte("metadata contexts need structured replies (NBD_OPT_STRUCTURED_REPLY) first"))
+		return nil
+	}
+	req, err := decodeMetaRequest(data)
+	if err != nil {
+		writeOptReply(bw, opt, repErrInvalid, []byte(err.Error()))
+		return nil
+	}
+	ex := c.srv.lookup(req.name)
+	if ex == nil {
+		writeOptReply(bw, opt, repErrUnknown, []byte(fmt.Sprintf("no export named %q", req.name)))
+		return nil
+	}
+	match := opt == optListMetaContext && len(req.queries) == 0 // LIST with no query: everything
+	for _, q := range req.queries {
+		if q == metaAllocation || q == "base:" {
+			match = true
+		}
+	}
+	if opt == optSetMetaContext {
+		c.metaExport, c.metaAlloc = ex, match
+	}
+	if match {
+		id := uint32(0) // LIST: the id is reserved
+		if opt == optSetMetaContext {
+			id = metaAllocationID
+		}
+		writeOptReply(bw, opt, repMetaContext, append(be.AppendUint32(nil, id), metaAllocation...))
+	}
+	writeOptReply(bw, opt, repAck, nil)
+	return nil
+}
+
+// selectExport drops the metadata contexts selected for another export
+// than ex, the one the client goes to.
+func (c *conn) selectExport(ex *export) {
+	if c.metaExport != ex {
+		c.metaAlloc = false
+	}
 }
 
 // writeOptReply queues one option reply; errors surface at Flush.

@@ -375,6 +375,39 @@ func (c *client) info(opt uint32, name string, infos ...uint16) goInfo {
 	return g
 }
 
+// metaData is the data of NBD_OPT_LIST/SET_META_CONTEXT.
+func metaData(name string, queries ...string) []byte {
+	b := be.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = be.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = be.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// metaReplies sends a meta-context option and collects its replies: the
+// contexts (id and name) and the final reply type.
+func (c *client) metaReplies(opt uint32, data []byte) (ctxs map[string]uint32, final uint32) {
+	c.t.Helper()
+	c.sendOption(opt, data)
+	ctxs = map[string]uint32{}
+	for {
+		r := c.readOptReply()
+		if r.opt != opt {
+			c.t.Fatalf("reply for option %d, want %d", r.opt, opt)
+		}
+		if r.typ != repMetaContext {
+			return ctxs, r.typ
+		}
+		if len(r.data) < 4 {
+			c.t.Fatalf("NBD_REP_META_CONTEXT of %d bytes", len(r.data))
+		}
+		ctxs[string(r.data[4:])] = be.Uint32(r.data)
+	}
+}
+
 // connect does a complete handshake (structured replies if asked) and
 // enters transmission on the named export.
 func connect(t testing.TB, ts *testServer, name string, structured bool) *client {
@@ -407,11 +440,15 @@ func (c *client) send(typ, flags uint16, handle, off uint64, length uint32, payl
 }
 
 type reply struct {
-	handle uint64
-	errno  Errno
-	data   []byte
-	msg    string
+	handle  uint64
+	errno   Errno
+	data    []byte
+	msg     string
+	ctx     uint32   // NBD_REPLY_TYPE_BLOCK_STATUS: context id
+	extents []extent // and its descriptors
 }
+
+type extent struct{ length, flags uint32 }
 
 // recv reads one complete reply (all chunks of a structured reply).
 func (c *client) recv() (reply, error) {
@@ -463,6 +500,14 @@ func (c *client) recv() (reply, error) {
 				r.errno = Errno(be.Uint32(p))
 				ml := be.Uint16(p[4:])
 				r.msg = string(p[6 : 6+ml])
+			case replyTypeBlockStatus:
+				if len(p) < 12 || (len(p)-4)%8 != 0 {
+					return r, fmt.Errorf("block status chunk of %d bytes", len(p))
+				}
+				r.ctx = be.Uint32(p)
+				for q := p[4:]; len(q) > 0; q = q[8:] {
+					r.extents = append(r.extents, extent{be.Uint32(q), be.Uint32(q[4:])})
+				}
 			case replyTypeNone:
 			default:
 				return r, fmt.Errorf("unexpected chunk type %#x", typ)

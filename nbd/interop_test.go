@@ -403,3 +403,94 @@ print("OK")
 		t.Fatalf("nbdsh:\n%s", out)
 	}
 }
+
+// TestInteropBlockStatus: nbdinfo --map and qemu-img map read the
+// base:allocation map of a BTT: zeroed and trimmed sectors are holes
+// reading as zeros, the rest data. A random pattern of zeroed runs is
+// compared extent by extent with what was zeroed.
+func TestInteropBlockStatus(t *testing.T) {
+	nbdinfo := testutil.NeedTool(t, "nbdinfo")
+	qemuImg := testutil.NeedTool(t, "qemu-img")
+	b := newBTT(t, 32<<20)
+	fillRandom(t, b, 3, 100)
+	n := b.Sectors()
+	zero := make([]bool, n)
+	r := rand.New(rand.NewPCG(5, 1))
+	for range 60 {
+		cnt := 1 + r.Uint64N(40)
+		lba := r.Uint64N(n - cnt)
+		if err := b.ZeroSectors(lba, cnt); err != nil {
+			t.Fatal(err)
+		}
+		for i := range cnt {
+			zero[lba+i] = true
+		}
+	}
+	type ext struct {
+		off, length uint64
+		zero        bool
+	}
+	var want []ext
+	for lba := uint64(0); lba < n; {
+		e := ext{off: lba * 4096, zero: zero[lba]}
+		for lba < n && zero[lba] == e.zero {
+			lba++
+		}
+		e.length = lba*4096 - e.off
+		want = append(want, e)
+	}
+	ts := startServer(t, Options{}, withExport("", "", b, false))
+	compare := func(tool string, got []ext) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d extents, want %d\n got %v\nwant %v", tool, len(got), len(want), got, want)
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("%s: extent %d is %+v, want %+v", tool, i, got[i], want[i])
+			}
+		}
+	}
+
+	var nbdMap []struct {
+		Offset, Length uint64
+		Type           uint32
+		Description    string
+	}
+	out := mustRunTool(t, 60*time.Second, nbdinfo, "--map", "--json", ts.uri(""))
+	if err := json.Unmarshal([]byte(out), &nbdMap); err != nil {
+		t.Fatalf("nbdinfo --map --json: %v\n%s", err, out)
+	}
+	var got []ext
+	for _, e := range nbdMap {
+		isZero := e.Type == stateHole|stateZero && e.Description == "hole,zero"
+		if !isZero && (e.Type != 0 || e.Description != "data") {
+			t.Fatalf("nbdinfo --map: extent %+v", e)
+		}
+		got = append(got, ext{e.Offset, e.Length, isZero})
+	}
+	compare("nbdinfo --map", got)
+
+	var qemuMap []struct {
+		Start, Length uint64
+		Zero, Data    bool
+	}
+	out = mustRunTool(t, 60*time.Second, qemuImg, "map", "--output=json", "-f", "raw", ts.uri(""))
+	if err := json.Unmarshal([]byte(out), &qemuMap); err != nil {
+		t.Fatalf("qemu-img map: %v\n%s", err, out)
+	}
+	got = nil
+	for _, e := range qemuMap {
+		if e.Zero == e.Data {
+			t.Fatalf("qemu-img map: extent %+v", e)
+		}
+		// qemu-img merges nothing across differing states, but may
+		// split: join consecutive extents of the same kind.
+		if l := len(got); l > 0 && got[l-1].zero == e.Zero && got[l-1].off+got[l-1].length == e.Start {
+			got[l-1].length += e.Length
+			continue
+		}
+		got = append(got, ext{e.Start, e.Length, e.Zero})
+	}
+	compare("qemu-img map", got)
+}

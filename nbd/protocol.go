@@ -63,8 +63,8 @@ const (
 	optInfo            uint32 = 6  // NBD_OPT_INFO
 	optGo              uint32 = 7  // NBD_OPT_GO
 	optStructuredReply uint32 = 8  // NBD_OPT_STRUCTURED_REPLY
-	optListMetaContext uint32 = 10 // NBD_OPT_LIST_META_CONTEXT
-	optSetMetaContext  uint32 = 11 // NBD_OPT_SET_META_CONTEXT
+	optListMetaContext uint32 = 9  // NBD_OPT_LIST_META_CONTEXT
+	optSetMetaContext  uint32 = 10 // NBD_OPT_SET_META_CONTEXT
 )
 
 // Option reply types.
@@ -72,6 +72,7 @@ const (
 	repAck            uint32 = 1         // NBD_REP_ACK
 	repServer         uint32 = 2         // NBD_REP_SERVER
 	repInfo           uint32 = 3         // NBD_REP_INFO
+	repMetaContext    uint32 = 4         // NBD_REP_META_CONTEXT
 	repErrUnsup       uint32 = 1<<31 + 1 // NBD_REP_ERR_UNSUP
 	repErrPolicy      uint32 = 1<<31 + 2 // NBD_REP_ERR_POLICY
 	repErrInvalid     uint32 = 1<<31 + 3 // NBD_REP_ERR_INVALID
@@ -97,7 +98,15 @@ const (
 	cmdTrim        uint16 = 4 // NBD_CMD_TRIM
 	cmdCache       uint16 = 5 // NBD_CMD_CACHE (not advertised; answered EINVAL)
 	cmdWriteZeroes uint16 = 6 // NBD_CMD_WRITE_ZEROES
-	cmdBlockStatus uint16 = 7 // NBD_CMD_BLOCK_STATUS (no meta contexts are ever selected)
+	cmdBlockStatus uint16 = 7 // NBD_CMD_BLOCK_STATUS (base:allocation)
+)
+
+// The one metadata context: base:allocation, with its state flags.
+const (
+	metaAllocation   = "base:allocation"
+	metaAllocationID = 1      // its context id on every connection
+	stateHole        = 1 << 0 // NBD_STATE_HOLE
+	stateZero        = 1 << 1 // NBD_STATE_ZERO
 )
 
 // Command flags.
@@ -111,10 +120,11 @@ const (
 
 // Structured reply flags and types.
 const (
-	replyFlagDone       uint16 = 1 << 0    // NBD_REPLY_FLAG_DONE
-	replyTypeNone       uint16 = 0         // NBD_REPLY_TYPE_NONE
-	replyTypeOffsetData uint16 = 1         // NBD_REPLY_TYPE_OFFSET_DATA
-	replyTypeError      uint16 = 1<<15 + 1 // NBD_REPLY_TYPE_ERROR
+	replyFlagDone        uint16 = 1 << 0    // NBD_REPLY_FLAG_DONE
+	replyTypeNone        uint16 = 0         // NBD_REPLY_TYPE_NONE
+	replyTypeOffsetData  uint16 = 1         // NBD_REPLY_TYPE_OFFSET_DATA
+	replyTypeBlockStatus uint16 = 5         // NBD_REPLY_TYPE_BLOCK_STATUS
+	replyTypeError       uint16 = 1<<15 + 1 // NBD_REPLY_TYPE_ERROR
 )
 
 // Errno is an NBD error value as carried in a reply. The protocol
@@ -249,6 +259,55 @@ func decodeInfoRequest(b []byte) (infoRequest, error) {
 		for i := range r.infos {
 			r.infos[i] = be.Uint16(rest[2*i:])
 		}
+	}
+	return r, nil
+}
+
+// metaRequest is the data of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT: an export name and a list of queries.
+type metaRequest struct {
+	name    string
+	queries []string
+}
+
+// decodeMetaRequest parses b (at most maxOptionLen bytes); every length
+// is checked against the data before use, so a hostile count allocates
+// nothing beyond the queries actually present.
+func decodeMetaRequest(b []byte) (metaRequest, error) {
+	str := func(what string) (string, error) {
+		if len(b) < 4 {
+			return "", fmt.Errorf("%w: option data ends before the length of the %s", ErrProtocol, what)
+		}
+		n := uint64(be.Uint32(b))
+		if n > uint64(len(b))-4 {
+			return "", fmt.Errorf("%w: %s length %d exceeds option data", ErrProtocol, what, n)
+		}
+		if n > MaxStringLen {
+			return "", fmt.Errorf("%w: %s of %d bytes (limit %d)", ErrProtocol, what, n, MaxStringLen)
+		}
+		s := string(b[4 : 4+n])
+		b = b[4+n:]
+		return s, nil
+	}
+	var r metaRequest
+	var err error
+	if r.name, err = str("export name"); err != nil {
+		return r, err
+	}
+	if len(b) < 4 {
+		return r, fmt.Errorf("%w: option data ends before the number of queries", ErrProtocol)
+	}
+	n := be.Uint32(b)
+	b = b[4:]
+	for i := uint32(0); i < n; i++ {
+		q, err := str("query")
+		if err != nil {
+			return r, err
+		}
+		r.queries = append(r.queries, q)
+	}
+	if len(b) != 0 {
+		return r, fmt.Errorf("%w: %d bytes after %d queries", ErrProtocol, len(b), n)
 	}
 	return r, nil
 }

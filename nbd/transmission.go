@@ -3,6 +3,7 @@ package nbd
 import (
 	"errors"
 	"fmt"
+	"github.com/nvblk/nvblk/block"
 	"io"
 	"math/bits"
 	"net"
@@ -94,7 +95,7 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 			c.rmu.Unlock()
 			return
 		}
-		if j.cost > inlineMax || (j.errno == 0 && j.req.typ == cmdFlush) {
+		if j.cost > inlineMax || (j.errno == 0 && (j.req.typ == cmdFlush || j.req.typ == cmdBlockStatus)) {
 			c.rmu.Unlock()
 			reader = false
 			w.inline = false
@@ -118,7 +119,8 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 }
 
 // inlineMax is the largest payload of a request the reading worker runs
-// itself; larger ones (and FLUSH) go to another worker at once.
+// itself; larger ones (and FLUSH, BLOCK_STATUS) go to another worker at
+// once.
 const inlineMax = 64 << 10
 
 // watchTick is the period of a connection's watchdog: a request run by
@@ -243,6 +245,14 @@ func (c *conn) check(r *request) (Errno, string) {
 		write = true
 		allowed |= cmdFlagNoHole
 	case cmdFlush:
+	case cmdBlockStatus:
+		if !c.metaAlloc {
+			return EINVAL, "NBD_CMD_BLOCK_STATUS without a metadata context selected"
+		}
+		if r.length == 0 {
+			return EINVAL, "NBD_CMD_BLOCK_STATUS of 0 bytes"
+		}
+		allowed |= cmdFlagReqOne
 	default:
 		return EINVAL, fmt.Sprintf("unsupported command %d", r.typ)
 	}
@@ -299,6 +309,9 @@ func (w *worker) execute(j job) {
 	switch r.typ {
 	case cmdRead:
 		w.replyRead(r, lba)
+		return
+	case cmdBlockStatus:
+		w.replyBlockStatus(r, lba, n)
 		return
 	case cmdWrite:
 		if n > 0 {
@@ -366,6 +379,57 @@ func (w *worker) replyRead(r request, lba uint64) {
 		be.PutUint32(b[4:], 0)
 		be.PutUint64(b[8:], r.handle)
 	}
+	c.sendOwned(b, bp, w.inline)
+}
+
+// Bounds of one BLOCK_STATUS reply: at most maxExtents descriptors, and
+// at most maxStatusSectors sectors looked up (the map entries read); the
+// protocol lets a reply cover less than asked for.
+const (
+	maxExtents       = 256
+	maxStatusSectors = 1 << 20
+)
+
+// replyBlockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation with
+// one NBD_REPLY_TYPE_BLOCK_STATUS chunk: runs of sectors that read as
+// zeros are reported as hole and zero (a BTT never fails a write with
+// ENOSPC, whatever the flag suggests), the rest as allocated data. A
+// device that cannot tell (block.ZeroMapper not implemented) reports the
+// whole range as data, which the protocol allows.
+func (w *worker) replyBlockStatus(r request, lba, n uint64) {
+	c := w.c
+	bp := getBuf(structuredHdrLen + 4 + 8*maxExtents)
+	b := (*bp)[:structuredHdrLen+4]
+	ss := uint64(c.ex.SectorSize)
+	zm, ok := c.ex.dev.(block.ZeroMapper)
+	if !ok {
+		b = be.AppendUint32(b, uint32(n*ss))
+		b = be.AppendUint32(b, 0)
+	}
+	for left := min(n, maxStatusSectors); ok && left > 0; {
+		k, zero, err := zm.ZeroRun(lba, left)
+		if err != nil {
+			putBuf(bp)
+			w.replyErr(r, ErrnoOf(err), err.Error())
+			return
+		}
+		flags := uint32(0)
+		if zero {
+			flags = stateHole | stateZero
+		}
+		b = be.AppendUint32(b, uint32(k*ss))
+		b = be.AppendUint32(b, flags)
+		lba, left = lba+k, left-k
+		if r.flags&cmdFlagReqOne != 0 || len(b)+8 > structuredHdrLen+4+8*maxExtents {
+			break
+		}
+	}
+	be.PutUint32(b[0:], magicStructured)
+	be.PutUint16(b[4:], replyFlagDone)
+	be.PutUint16(b[6:], replyTypeBlockStatus)
+	be.PutUint64(b[8:], r.handle)
+	be.PutUint32(b[16:], uint32(len(b)-structuredHdrLen))
+	be.PutUint32(b[20:], metaAllocationID)
 	c.sendOwned(b, bp, w.inline)
 }
 

@@ -2,6 +2,7 @@ package pmemblk
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 
 	"github.com/nvblk/nvblk/block"
@@ -24,8 +25,9 @@ func init() {
 }
 
 var (
-	_ block.Device = (*Pool)(nil)
-	_ block.Atomic = (*Pool)(nil)
+	_ block.Device     = (*Pool)(nil)
+	_ block.Atomic     = (*Pool)(nil)
+	_ block.ZeroMapper = (*Pool)(nil)
 )
 
 // HasSignature reports whether dev starts with the pmemblk signature,
@@ -149,4 +151,29 @@ func (p *Pool) sectors(op string, buf []byte, lba uint64) (uint64, error) {
 			Err: fmt.Errorf("%d blocks at %d: the pool has %d blocks", n, lba, p.nblock)}
 	}
 	return n, nil
+}
+
+// ZeroRun reports runs of blocks that read as zeros without reading
+// them (block.ZeroMapper): blocks never written or set to zero. Before
+// the first write (no BTT laid out yet) every block does.
+func (p *Pool) ZeroRun(lba, count uint64) (n uint64, zero bool, err error) {
+	if err := p.enter(); err != nil {
+		return 0, false, err
+	}
+	defer p.exit()
+	if count == 0 {
+		return 0, false, &BlockError{Op: "zero-map", Block: int64(min(lba, 1<<62)), Kind: ErrOutOfRange, Err: errors.New("no blocks asked for")}
+	}
+	if err := p.checkBlock("zero-map", int64(min(lba, 1<<62)), int64(min(count, 1<<62))); err != nil {
+		return 0, false, err
+	}
+	b := p.b.Load()
+	if b == nil {
+		return count, true, nil
+	}
+	n, zero, err = b.ZeroRun(lba, count)
+	if err != nil {
+		return 0, false, p.wrap("zero-map", int64(lba), b, err)
+	}
+	return n, zero, nil
 }

@@ -1,0 +1,200 @@
+package nbd
+
+import (
+	"testing"
+)
+
+// TestMetaContextNegotiation: LIST and SET of base:allocation, the
+// errors around them, and that malformed option data gets an error reply
+// without ending the handshake.
+func TestMetaContextNegotiation(t *testing.T) {
+	ts := startServer(t, Options{}, withExport("a", "", newMemDev(512, 64), false), withExport("b", "", newMemDev(512, 64), false))
+	c := dial(t, ts)
+	c.greet(clientFixedNewstyle | clientNoZeroes)
+	// Before structured replies: refused.
+	for _, opt := range []uint32{optListMetaContext, optSetMetaContext} {
+		if ctxs, final := c.metaReplies(opt, metaData("a", metaAllocation)); final != repErrInvalid || len(ctxs) != 0 {
+			t.Errorf("option %d without structured replies: %v, %#x", opt, ctxs, final)
+		}
+	}
+	c.sendOption(optStructuredReply, nil)
+	if r := c.readOptReply(); r.typ != repAck {
+		t.Fatalf("structured reply: %#x", r.typ)
+	}
+	cases := []struct {
+		opt     uint32
+		data    []byte
+		ctxs    map[string]uint32
+		final   uint32
+		comment string
+	}{
+		{optListMetaContext, metaData("a"), map[string]uint32{metaAllocation: 0}, repAck, "LIST without queries lists everything"},
+		{optListMetaContext, metaData("a", "base:"), map[string]uint32{metaAllocation: 0}, repAck, "a namespace query"},
+		{optListMetaContext, metaData("a", "x-other:thing", "qemu:dirty-bitmap:x"), map[string]uint32{}, repAck, "other namespaces match nothing"},
+		{optListMetaContext, metaData("nope", metaAllocation), map[string]uint32{}, repErrUnknown, "unknown export"},
+		{optSetMetaContext, metaData("a", "x-other:thing"), map[string]uint32{}, repAck, "SET selecting nothing"},
+		{optSetMetaContext, metaData("a", "x-other:thing", metaAllocation), map[string]uint32{metaAllocation: metaAllocationID}, repAck, "SET"},
+		{optSetMetaContext, []byte{0, 0, 0, 5, 'a'}, map[string]uint32{}, repErrInvalid, "name longer than the data"},
+		{optSetMetaContext, []byte{0, 0, 0, 1, 'a', 0xff, 0xff, 0xff, 0xff}, map[string]uint32{}, repErrInvalid, "2^32-1 queries announced, none sent"},
+		{optSetMetaContext, append(metaData("a", metaAllocation), 0), map[string]uint32{}, repErrInvalid, "trailing byte"},
+		{optSetMetaContext, []byte{0, 0}, map[string]uint32{}, repErrInvalid, "truncated"},
+	}
+	for _, tc := range cases {
+		ctxs, final := c.metaReplies(tc.opt, tc.data)
+		if final != tc.final || len(ctxs) != len(tc.ctxs) {
+			t.Errorf("%s: contexts %v, final %#x; want %v, %#x", tc.comment, ctxs, final, tc.ctxs, tc.final)
+			continue
+		}
+		for k, v := range tc.ctxs {
+			if id, ok := ctxs[k]; !ok || id != v {
+				t.Errorf("%s: contexts %v, want %v", tc.comment, ctxs, tc.ctxs)
+			}
+		}
+	}
+	// The last successful SET selected base:allocation on "a"; the
+	// handshake goes on and the client can still go to "a".
+	if g := c.info(optGo, "a"); g.final != repAck {
+		t.Fatalf("GO: %#x", g.final)
+	}
+	c.structured = true
+	if err := c.send(cmdBlockStatus, 0, 1, 0, 512*64, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.recv()
+	if err != nil || r.errno != 0 || r.ctx != metaAllocationID || len(r.extents) != 1 || r.extents[0] != (extent{512 * 64, 0}) {
+		t.Fatalf("block status on a device without a zero map: %+v %v", r, err)
+	}
+}
+
+// TestMetaContextOtherExport: contexts selected for one export do not
+// apply to another; BLOCK_STATUS there is EINVAL.
+func TestMetaContextOtherExport(t *testing.T) {
+	ts := startServer(t, Options{}, withExport("a", "", newMemDev(512, 64), false), withExport("b", "", newMemDev(512, 64), false))
+	c := dial(t, ts)
+	c.greet(clientFixedNewstyle | clientNoZeroes)
+	c.sendOption(optStructuredReply, nil)
+	c.readOptReply()
+	c.structured = true
+	if ctxs, final := c.metaReplies(optSetMetaContext, metaData("a", metaAllocation)); final != repAck || len(ctxs) != 1 {
+		t.Fatalf("SET: %v %#x", ctxs, final)
+	}
+	if g := c.info(optGo, "b"); g.final != repAck {
+		t.Fatalf("GO: %#x", g.final)
+	}
+	if err := c.send(cmdBlockStatus, 0, 1, 0, 512, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.recv(); err != nil || r.errno != EINVAL {
+		t.Fatalf("block status on the other export: %+v %v", r, err)
+	}
+}
+
+// connectMeta connects with structured replies and base:allocation.
+func connectMeta(t *testing.T, ts *testServer) *client {
+	t.Helper()
+	c := dial(t, ts)
+	c.greet(clientFixedNewstyle | clientNoZeroes)
+	c.sendOption(optStructuredReply, nil)
+	if r := c.readOptReply(); r.typ != repAck {
+		t.Fatalf("structured reply: %#x", r.typ)
+	}
+	c.structured = true
+	if ctxs, final := c.metaReplies(optSetMetaContext, metaData("", metaAllocation)); final != repAck || len(ctxs) != 1 {
+		t.Fatalf("SET: %v %#x", ctxs, final)
+	}
+	if g := c.info(optGo, ""); g.final != repAck {
+		t.Fatalf("GO: %#x", g.final)
+	}
+	return c
+}
+
+// TestBlockStatusBTT: a BTT's zeroed and trimmed sectors are reported as
+// hole+zero and written or never-written ones as data, extent by extent;
+// REQ_ONE gives one extent, a range past the end and a zero length get
+// EINVAL, and a long alternating map is cut at maxExtents.
+func TestBlockStatusBTT(t *testing.T) {
+	b := newBTT(t, 20<<20)
+	ss := uint32(b.SectorSize())
+	ts := startServer(t, Options{}, withExport("", "", b, false))
+	c := connectMeta(t, ts)
+	do := func(flags uint16, off uint64, length uint32) reply {
+		t.Helper()
+		if err := c.send(cmdBlockStatus, flags, 9, off, length, nil); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	mustOK := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Sectors 10-19 written, 4-7 zeroed (WRITE_ZEROES) and 30 trimmed,
+	// through the protocol; the rest never written (data, for a Linux BTT).
+	for lba := uint64(10); lba < 20; lba++ {
+		mustOK(c.send(cmdWrite, 0, lba, lba*uint64(ss), ss, pattern(int(ss), byte(lba))))
+		if r, err := c.recv(); err != nil || r.errno != 0 {
+			t.Fatalf("write: %+v %v", r, err)
+		}
+	}
+	mustOK(c.send(cmdWriteZeroes, 0, 1, 4*uint64(ss), 4*ss, nil))
+	mustOK(c.send(cmdTrim, 0, 2, 30*uint64(ss), ss, nil))
+	for range 2 {
+		if r, err := c.recv(); err != nil || r.errno != 0 {
+			t.Fatalf("zero/trim: %+v %v", r, err)
+		}
+	}
+	const hz = stateHole | stateZero
+	want := []extent{{4 * ss, 0}, {4 * ss, hz}, {22 * ss, 0}, {ss, hz}, {9 * ss, 0}}
+	r := do(0, 0, 40*ss)
+	if r.errno != 0 || r.ctx != metaAllocationID || !equalExtents(r.extents, want) {
+		t.Fatalf("extents %v (errno %v), want %v", r.extents, r.errno, want)
+	}
+	// From the middle of a run; REQ_ONE.
+	if r := do(0, 5*uint64(ss), 3*ss); !equalExtents(r.extents, []extent{{3 * ss, hz}}) {
+		t.Errorf("inside the zero run: %v", r.extents)
+	}
+	if r := do(cmdFlagReqOne, 0, 40*ss); !equalExtents(r.extents, []extent{{4 * ss, 0}}) {
+		t.Errorf("REQ_ONE: %v", r.extents)
+	}
+	size := uint64(b.Sectors()) * uint64(ss)
+	for _, q := range [][2]uint64{{size - uint64(ss), 2 * uint64(ss)}, {size, uint64(ss)}, {0, 0}} {
+		if r := do(0, q[0], uint32(q[1])); r.errno != EINVAL {
+			t.Errorf("block status %d+%d: errno %v, want EINVAL", q[0], q[1], r.errno)
+		}
+	}
+	// Alternating sectors: more runs than one reply may carry.
+	for lba := uint64(100); lba < 100+2*maxExtents+20; lba += 2 {
+		mustOK(b.ZeroSectors(lba, 1))
+	}
+	r = do(0, 100*uint64(ss), (2*maxExtents+20)*ss)
+	if r.errno != 0 || len(r.extents) != maxExtents {
+		t.Fatalf("alternating map: %d extents (errno %v), want %d", len(r.extents), r.errno, maxExtents)
+	}
+	for i, e := range r.extents {
+		f := uint32(0)
+		if i%2 == 0 {
+			f = hz
+		}
+		if e != (extent{ss, f}) {
+			t.Fatalf("extent %d: %v, want %v", i, e, extent{ss, f})
+		}
+	}
+}
+
+func equalExtents(a, b []extent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
