@@ -57,6 +57,15 @@ type ZeroMapper interface {
 	ZeroRun(lba, count uint64) (n uint64, zero bool, err error)
 }
 
+// FastZeroer is implemented by devices that can tell whether ZeroSectors
+// is cheaper than writing zeros (a metadata update per sector, no data
+// written). The NBD server fails NBD_CMD_FLAG_FAST_ZERO requests with
+// ENOTSUP otherwise, so clients write zeros themselves or skip
+// pre-zeroing.
+type FastZeroer interface {
+	ZeroIsFast() bool
+}
+
 // OpenOptions are passed to a driver's Open.
 type OpenOptions struct {
 	ReadOnly bool

@@ -6,7 +6,14 @@ import (
 	"github.com/nvblk/nvblk/block"
 )
 
-var _ block.ZeroMapper = (*BTT)(nil)
+var (
+	_ block.ZeroMapper = (*BTT)(nil)
+	_ block.FastZeroer = (*BTT)(nil)
+)
+
+// ZeroIsFast reports whether ZeroSectors sets the zero state (a map
+// update per sector) rather than writing zero sectors (see ZeroSectors).
+func (b *BTT) ZeroIsFast() bool { return b.sectorSize >= zStateMinSector || b.pmdk }
 
 // zeroRunChunk is how many map entries ZeroRun reads at a time.
 const zeroRunChunk = 512

@@ -1,7 +1,11 @@
 package nbd
 
 import (
+	"bytes"
 	"testing"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
 )
 
 // TestMetaContextNegotiation: LIST and SET of base:allocation, the
@@ -197,4 +201,49 @@ func equalExtents(a, b []extent) bool {
 		}
 	}
 	return true
+}
+
+// TestFastZero: WRITE_ZEROES with FAST_ZERO zeroes a BTT with 4096-byte
+// sectors (the Z state: a map update), and fails at once with ENOTSUP,
+// leaving the data alone, on a Linux BTT with 512-byte sectors (where
+// zeroing writes zero sectors).
+func TestFastZero(t *testing.T) {
+	for _, ss := range []uint32{4096, 512} {
+		dev, err := pmem.NewRAM(20 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: ss})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close(); dev.Close() })
+		ts := startServer(t, Options{}, withExport("", "", b, false))
+		c := connect(t, ts, "", true)
+		if c.flags&FlagSendFastZero == 0 {
+			t.Fatalf("%d: FAST_ZERO not advertised (flags %#x)", ss, c.flags)
+		}
+		data := pattern(int(4*ss), 3)
+		if r := c.do(cmdWrite, 0, 0, 4*ss, data); r.errno != 0 {
+			t.Fatalf("%d: write: %v", ss, r.errno)
+		}
+		r := c.do(cmdWriteZeroes, cmdFlagFastZero, uint64(ss), 2*ss, nil)
+		got := c.do(cmdRead, 0, 0, 4*ss, nil)
+		want := bytes.Clone(data)
+		if ss == 4096 {
+			if r.errno != 0 {
+				t.Fatalf("%d: fast zero: %v", ss, r.errno)
+			}
+			clear(want[ss : 3*ss])
+		} else if r.errno != ENOTSUP {
+			t.Fatalf("%d: fast zero: errno %v, want ENOTSUP", ss, r.errno)
+		}
+		if got.errno != 0 || !bytes.Equal(got.data, want) {
+			t.Fatalf("%d: contents after fast zero differ (errno %v)", ss, got.errno)
+		}
+		// Without the flag, zeroing works on both.
+		if r := c.do(cmdWriteZeroes, 0, uint64(ss), 2*ss, nil); r.errno != 0 {
+			t.Fatalf("%d: write zeroes: %v", ss, r.errno)
+		}
+	}
 }

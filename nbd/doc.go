@@ -46,7 +46,7 @@
 // # Transmission
 //
 // Flags: HAS_FLAGS, SEND_FLUSH, CAN_MULTI_CONN, and either READ_ONLY or
-// SEND_FUA + SEND_TRIM + SEND_WRITE_ZEROES; SEND_DF once structured
+// SEND_FUA + SEND_TRIM + SEND_WRITE_ZEROES + SEND_FAST_ZERO; SEND_DF once structured
 // replies are on (a read is always answered with a single chunk).
 //
 //	READ           device ReadSectors; with structured replies one
@@ -62,8 +62,10 @@
 //	               honoured. Without a selected context: EINVAL.
 //	DISC           finish the requests in flight, then close
 //
-// CACHE and FAST_ZERO are not advertised; a request using them gets
-// EINVAL.
+// WRITE_ZEROES with FAST_ZERO fails at once with ENOTSUP unless the
+// device zeroes by metadata (block.FastZeroer: the BTT with sectors of a
+// page or more, PMDK pools); it is advertised on every writable export.
+// CACHE is not advertised; a request using it gets EINVAL.
 //
 // # How a connection runs
 //

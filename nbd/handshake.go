@@ -299,7 +299,7 @@ func (c *conn) transmissionFlags(ex *export) uint16 {
 	if ex.ReadOnly {
 		f |= FlagReadOnly
 	} else {
-		f |= FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes
+		f |= FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero
 	}
 	if c.structured {
 		f |= FlagSendDF // a read is always answered with one data chunk

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/internal/testutil"
+	"github.com/nvblk/nvblk/pmem"
 )
 
 // Interop tests drive our server with the real NBD clients (qemu-io,
@@ -182,6 +183,7 @@ func TestInteropNbdinfo(t *testing.T) {
 		CanFUA       bool   `json:"can_fua"`
 		CanTrim      bool   `json:"can_trim"`
 		CanZero      bool   `json:"can_zero"`
+		CanFastZero  bool   `json:"can_fast_zero"`
 		CanMultiConn bool   `json:"can_multi_conn"`
 		ReadOnly     bool   `json:"is_read_only"`
 	}
@@ -203,7 +205,7 @@ func TestInteropNbdinfo(t *testing.T) {
 		t.Fatalf("nbdinfo: %+v", doc)
 	}
 	want := export{Name: "main", Description: "the main disk", Size: b.Sectors() * 4096, Min: 4096, Pref: 4096,
-		Max: 32 << 20, CanFlush: true, CanFUA: true, CanTrim: true, CanZero: true, CanMultiConn: true}
+		Max: 32 << 20, CanFlush: true, CanFUA: true, CanTrim: true, CanZero: true, CanFastZero: true, CanMultiConn: true}
 	if e := doc.Exports[0]; e != want {
 		t.Errorf("default export:\n got %+v\nwant %+v", e, want)
 	}
@@ -493,4 +495,65 @@ func TestInteropBlockStatus(t *testing.T) {
 		got = append(got, ext{e.Start, e.Length, e.Zero})
 	}
 	compare("qemu-img map", got)
+}
+
+// TestInteropQemuImgConvertInto: qemu-img convert into the export (a
+// sparse source: qemu zeroes the target first, with FAST_ZERO when the
+// server offers it, then writes the data runs) leaves the BTT equal to
+// the source, on a 4096-byte BTT (fast zero) and a 512-byte one
+// (ENOTSUP: qemu falls back to writing).
+func TestInteropQemuImgConvertInto(t *testing.T) {
+	qemuImg := testutil.NeedTool(t, "qemu-img")
+	for _, ss := range []uint32{4096, 512} {
+		dev, err := pmem.NewRAM(24 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: ss})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close(); dev.Close() })
+		// Old contents everywhere, so that a missed zeroing shows.
+		old := bytes.Repeat([]byte{0xa5}, int(b.Sectors())*int(ss))
+		if err := b.WriteSectors(old, 0); err != nil {
+			t.Fatal(err)
+		}
+		size := int64(b.Sectors()) * int64(ss)
+		src := make([]byte, size)
+		r := rand.New(rand.NewPCG(uint64(ss), 2))
+		for range 20 {
+			off := r.Int64N(size - 65536)
+			for i := range 1 + r.IntN(65536) {
+				src[off+int64(i)] = byte(r.Uint32() | 1)
+			}
+		}
+		path := filepath.Join(t.TempDir(), "src.raw")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Write only the non-zero 64 KiB chunks: the file is sparse.
+		for off := int64(0); off < size; off += 65536 {
+			chunk := src[off:min(off+65536, size)]
+			if !bytes.Equal(chunk, make([]byte, len(chunk))) {
+				if _, err := f.WriteAt(chunk, off); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		ts := startServer(t, Options{}, withExport("", "", b, false))
+		mustRunTool(t, 60*time.Second, qemuImg, "convert", "-n", "-f", "raw", "-O", "raw", path, ts.uri(""))
+		if got := bttContents(t, b); !bytes.Equal(got, src) {
+			i := 0
+			for i < len(got) && got[i] == src[i] {
+				i++
+			}
+			t.Fatalf("%d-byte sectors: the BTT differs from the source at byte %d", ss, i)
+		}
+	}
 }

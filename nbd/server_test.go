@@ -28,7 +28,7 @@ func TestHandshakeGoInfo(t *testing.T) {
 	if g.size != 256*4096 {
 		t.Errorf("size %d", g.size)
 	}
-	want := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagCanMultiConn
+	want := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero | FlagCanMultiConn
 	if g.flags != want {
 		t.Errorf("flags %#x, want %#x", g.flags, want)
 	}
@@ -279,7 +279,8 @@ func TestRequestErrors(t *testing.T) {
 				{"cache not advertised", cmdCache, 0, 0, 512, nil, EINVAL},
 				{"block status without contexts", cmdBlockStatus, 0, 0, 512, nil, EINVAL},
 				{"unknown flag", cmdRead, 1 << 9, 0, 512, nil, EINVAL},
-				{"fast zero not advertised", cmdWriteZeroes, cmdFlagFastZero, 0, 512, nil, EINVAL},
+				{"fast zero on a device without fast zeroing", cmdWriteZeroes, cmdFlagFastZero, 0, 512, nil, ENOTSUP},
+				{"fast zero on trim", cmdTrim, cmdFlagFastZero, 0, 512, nil, EINVAL},
 				{"no-hole on write", cmdWrite, cmdFlagNoHole, 0, 512, w, EINVAL},
 				{"media error read", cmdRead, 0, 13 * 512, 512, nil, EIO},
 				{"media error write", cmdWrite, 0, 13 * 512, 1024, append(w, w...), EIO},
@@ -302,7 +303,7 @@ func TestRequestErrors(t *testing.T) {
 			}
 
 			rc := connect(t, ts, "ro", structured)
-			if rc.flags&FlagReadOnly == 0 || rc.flags&(FlagSendTrim|FlagSendWriteZeroes|FlagSendFUA) != 0 {
+			if rc.flags&FlagReadOnly == 0 || rc.flags&(FlagSendTrim|FlagSendWriteZeroes|FlagSendFUA|FlagSendFastZero) != 0 {
 				t.Errorf("read-only export flags %#x", rc.flags)
 			}
 			for _, typ := range []uint16{cmdWrite, cmdTrim, cmdWriteZeroes} {

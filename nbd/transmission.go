@@ -243,7 +243,7 @@ func (c *conn) check(r *request) (Errno, string) {
 		write = true
 	case cmdWriteZeroes:
 		write = true
-		allowed |= cmdFlagNoHole
+		allowed |= cmdFlagNoHole | cmdFlagFastZero
 	case cmdFlush:
 	case cmdBlockStatus:
 		if !c.metaAlloc {
@@ -321,6 +321,13 @@ func (w *worker) execute(j job) {
 	case cmdTrim, cmdWriteZeroes:
 		// Both become the device's zero state (for the BTT a map flag:
 		// no block is freed, so NBD_CMD_FLAG_NO_HOLE is honoured too).
+		// FAST_ZERO: fail at once unless that is cheaper than writing.
+		if r.flags&cmdFlagFastZero != 0 {
+			if fz, ok := ex.dev.(block.FastZeroer); !ok || !fz.ZeroIsFast() {
+				w.replyErr(r, ENOTSUP, "zeroing this device is no faster than writing zeros")
+				return
+			}
+		}
 		if n > 0 {
 			err = ex.dev.ZeroSectors(lba, n)
 		}

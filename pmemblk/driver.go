@@ -28,7 +28,11 @@ var (
 	_ block.Device     = (*Pool)(nil)
 	_ block.Atomic     = (*Pool)(nil)
 	_ block.ZeroMapper = (*Pool)(nil)
+	_ block.FastZeroer = (*Pool)(nil)
 )
+
+// ZeroIsFast reports true: SetZero is a map update per block.
+func (p *Pool) ZeroIsFast() bool { return true }
 
 // HasSignature reports whether dev starts with the pmemblk signature,
 // valid header or not (a checker wants to look at a damaged one).
