@@ -36,6 +36,7 @@ func TestMetaContextNegotiation(t *testing.T) {
 		{optListMetaContext, metaData("a", "base:"), map[string]uint32{metaAllocation: 0}, repAck, "a namespace query"},
 		{optListMetaContext, metaData("a", "x-other:thing", "qemu:dirty-bitmap:x"), map[string]uint32{}, repAck, "other namespaces match nothing"},
 		{optListMetaContext, metaData("nope", metaAllocation), map[string]uint32{}, repErrUnknown, "unknown export"},
+		{optSetMetaContext, metaData("a", "base:"), map[string]uint32{}, repAck, "SET ignores the bare namespace"},
 		{optSetMetaContext, metaData("a", "x-other:thing"), map[string]uint32{}, repAck, "SET selecting nothing"},
 		{optSetMetaContext, metaData("a", "x-other:thing", metaAllocation), map[string]uint32{metaAllocation: metaAllocationID}, repAck, "SET"},
 		{optSetMetaContext, []byte{0, 0, 0, 5, 'a'}, map[string]uint32{}, repErrInvalid, "name longer than the data"},
@@ -55,8 +56,23 @@ func TestMetaContextNegotiation(t *testing.T) {
 			}
 		}
 	}
-	// The last successful SET selected base:allocation on "a"; the
-	// handshake goes on and the client can still go to "a".
+	// The handshake goes on. A failed SET cleared the selection: go to
+	// "a" with none, BLOCK_STATUS is refused.
+	if g := c.info(optGo, "a"); g.final != repAck {
+		t.Fatalf("GO: %#x", g.final)
+	}
+	c.structured = true
+	if r := c.do(cmdBlockStatus, 0, 0, 512, nil); r.errno != EINVAL {
+		t.Fatalf("block status after a failed SET: errno %v, extents %v", r.errno, r.extents)
+	}
+	// A new connection: SET then GO, and BLOCK_STATUS works.
+	c = dial(t, ts)
+	c.greet(clientFixedNewstyle | clientNoZeroes)
+	c.sendOption(optStructuredReply, nil)
+	c.readOptReply()
+	if ctxs, final := c.metaReplies(optSetMetaContext, metaData("a", metaAllocation)); final != repAck || len(ctxs) != 1 {
+		t.Fatalf("SET: %v %#x", ctxs, final)
+	}
 	if g := c.info(optGo, "a"); g.final != repAck {
 		t.Fatalf("GO: %#x", g.final)
 	}

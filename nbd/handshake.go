@@ -235,11 +235,16 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 
 // metaContext answers NBD_OPT_LIST_META_CONTEXT and
 // NBD_OPT_SET_META_CONTEXT. The server knows one context,
-// base:allocation; a query for it, or for the whole base: namespace,
-// matches it, and queries in other namespaces match nothing. SET
-// replaces the selection (recorded with its export: it applies only if
-// the client then goes to that export).
+// base:allocation; a query for it matches it, and so does the bare
+// namespace "base:" in LIST (SET ignores that form, as the spec says);
+// queries in other namespaces match nothing. SET replaces the selection,
+// also when it fails, and the selection applies only if the client then
+// goes to the export it named.
 func (c *conn) metaContext(bw *bufio.Writer, opt uint32, data []byte) error {
+	if opt == optSetMetaContext {
+		// SET replaces the selection even when it fails.
+		c.metaExport, c.metaAlloc = nil, false
+	}
 	if !c.structured {
 		writeOptReply(bw, opt, repErrInvalid, []byte("metadata contexts need structured replies (NBD_OPT_STRUCTURED_REPLY) first"))
 		return nil
@@ -256,7 +261,9 @@ func (c *conn) metaContext(bw *bufio.Writer, opt uint32, data []byte) error {
 	}
 	match := opt == optListMetaContext && len(req.queries) == 0 // LIST with no query: everything
 	for _, q := range req.queries {
-		if q == metaAllocation || q == "base:" {
+		// The bare namespace is a wildcard for LIST only; SET must
+		// ignore it.
+		if q == metaAllocation || (q == "base:" && opt == optListMetaContext) {
 			match = true
 		}
 	}

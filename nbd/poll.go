@@ -96,7 +96,7 @@ func (p *pollReader) try(fd uintptr) bool {
 		if p.polled {
 			return false
 		}
-		if i == 0 {
+		if !polling {
 			if !p.gate.enter() {
 				p.polled = true
 				return false

@@ -98,12 +98,15 @@ func (c *conn) follow(wg *sync.WaitGroup) {
 		if j.cost > inlineMax || (j.errno == 0 && (j.req.typ == cmdFlush || j.req.typ == cmdBlockStatus)) {
 			c.rmu.Unlock()
 			reader = false
+			// The replies this worker held as the reader must not wait
+			// for the request it now runs.
+			c.flushReplies()
 			w.inline = false
 			w.execute(j)
 			continue
 		}
+		c.inlineSeq.Add(1) // before holding: see watch
 		c.holding.Store(holdRunning)
-		c.inlineSeq.Add(1)
 		if !c.watching.Load() && c.watching.CompareAndSwap(false, true) {
 			c.watchdog.Reset(watchTick)
 		}
@@ -142,11 +145,18 @@ const (
 // (handOverRole). It stops ticking after a tick in which the reading
 // worker started no request, and the reading worker starts it again.
 func (c *conn) watch() {
-	seq := c.inlineSeq.Load()
+	// holding before inlineSeq (the worker writes them in the other
+	// order): a request seen running was counted in seq.
 	running := c.holding.Load() == holdRunning
+	seq := c.inlineSeq.Load()
 	seen := c.watchSeen.Swap(seq)
-	if running && seq == seen {
-		c.handOverRole()
+	if running && seq == seen && c.handOverRole() {
+		// Replies the slow worker held as the reader are written now,
+		// not after its request (another worker may be free to read, or
+		// not).
+		c.watchdog.Reset(watchTick)
+		c.flushReplies()
+		return
 	}
 	idle := seq == seen && !running
 	if !idle {
@@ -164,11 +174,13 @@ func (c *conn) watch() {
 }
 
 // handOverRole releases the reader role held by a worker that runs a
-// request itself, on its behalf.
-func (c *conn) handOverRole() {
+// request itself, on its behalf, and reports whether it did.
+func (c *conn) handOverRole() bool {
 	if c.holding.CompareAndSwap(holdRunning, holdHandedOver) {
 		c.rmu.Unlock()
+		return true
 	}
+	return false
 }
 
 // readRequest reads and validates the next request (under rmu). end
@@ -205,7 +217,7 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 			return j, true, fmt.Errorf("%w: write of %d bytes exceeds the %d-byte maximum block size", ErrProtocol, r.length, ex.Maximum)
 		}
 		j.cost = int64(r.length)
-		c.budget.acquire(j.cost)
+		c.acquire(j.cost)
 		j.buf = getBuf(int(r.length))
 		if c.br.Buffered() < int(r.length) {
 			c.flushReplies()
@@ -213,6 +225,9 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 		if _, err := io.ReadFull(c.br, (*j.buf)[:r.length]); err != nil {
 			putBuf(j.buf)
 			c.budget.release(j.cost)
+			if c.shutdown.Load() {
+				return j, true, ErrServerClosed
+			}
 			return j, true, fmt.Errorf("reading %d-byte write payload: %w", r.length, err)
 		}
 		if errno != 0 {
@@ -221,11 +236,20 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 		}
 	case r.typ == cmdRead && errno == 0:
 		j.cost = int64(r.length)
-		c.budget.acquire(j.cost)
+		c.acquire(j.cost)
 	default:
-		c.budget.acquire(0)
+		c.acquire(0)
 	}
 	return j, false, nil
+}
+
+// acquire takes budget for a request being read; before it waits for
+// requests in flight to finish, it writes the replies held back.
+func (c *conn) acquire(size int64) {
+	if !c.budget.tryAcquire(size) {
+		c.flushReplies()
+		c.budget.acquire(size)
+	}
 }
 
 // check validates r against the export; a failure is answered with the
@@ -650,12 +674,28 @@ func (b *budget) init(maxN int, maxBytes int64) {
 
 func (b *budget) acquire(size int64) {
 	b.mu.Lock()
-	for b.n >= b.maxN || (b.bytes > 0 && b.bytes+size > b.maxBytes) {
+	for b.full(size) {
 		b.cond.Wait()
 	}
 	b.n++
 	b.bytes += size
 	b.mu.Unlock()
+}
+
+// tryAcquire is acquire without waiting; it reports whether it took.
+func (b *budget) tryAcquire(size int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.full(size) {
+		return false
+	}
+	b.n++
+	b.bytes += size
+	return true
+}
+
+func (b *budget) full(size int64) bool {
+	return b.n >= b.maxN || (b.bytes > 0 && b.bytes+size > b.maxBytes)
 }
 
 func (b *budget) release(size int64) {
