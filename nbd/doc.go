@@ -80,10 +80,13 @@
 // Options.MaxInFlightBytes payload bytes are in flight per connection.
 //
 // Replies may leave out of order and are combined: the reader holds back
-// the replies of the requests it ran until it is about to wait for the
-// client, and a worker that finds a write in progress queues its reply
-// for that writer, so a burst of requests is answered with one writev.
-// A held reply is always written before anything waits on the client.
+// the replies of the requests it ran while it keeps reading requests
+// already received, and a worker that finds a write in progress queues
+// its reply for that writer, so a burst of requests is answered with one
+// writev. Held replies are written as soon as the reader stops reading
+// for any reason: before it waits for the client or for the in-flight
+// budget, when it hands itself a FLUSH or large request, and when the
+// watchdog hands its role on.
 // While the client keeps a connection busy, its reader polls the socket
 // for up to Options.Poll (20 µs) before its goroutine sleeps (only when
 // the server has few connections), which saves a sleep and a wake-up

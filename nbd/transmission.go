@@ -521,10 +521,13 @@ func (w *worker) replyErr(r request, errno Errno, msg string) {
 // reply included, with one writev, and again until the queue is empty;
 // replies sent meanwhile are queued for it. A held reply (hold: the
 // reading worker ran the request, see worker.inline) is only queued, up
-// to replyFlushAt bytes: the reading worker flushes the queue before it
-// waits for the client (flushReplies), and any other sender writes it
-// too. So a queued reply always has a writer that does not wait for the
-// client, and a burst of requests gets one system call for its replies.
+// to replyFlushAt bytes: the reading worker flushes the queue
+// (flushReplies) before it waits for the client or for budget and when
+// it gives up the role (a large request, FLUSH), the watchdog flushes it
+// when it hands the role on, and any other sender writes it too. So a
+// held reply waits only while its reader goes on reading requests that
+// are already here, and a burst of requests gets one system call for
+// its replies.
 // The queue is bounded (replyQueueMax bytes): a sender that finds it full
 // waits for the writer, so a client that does not read its replies stops
 // the workers, and then the reader.
