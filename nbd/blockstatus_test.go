@@ -263,3 +263,40 @@ func TestFastZero(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockStatusBadMapEntry: with a badblock over map entries 256..383
+// of a 4096-byte BTT, BLOCK_STATUS for sectors 0..511 answers for the
+// readable prefix (sectors 0..255, zero) instead of failing as a whole;
+// asked from sector 300 on, it fails with EIO.
+func TestBlockStatusBadMapEntry(t *testing.T) {
+	b := newBTT(t, 20<<20)
+	if err := b.ZeroSectors(0, 512); err != nil {
+		t.Fatal(err)
+	}
+	a := b.Arenas()[0]
+	b.Device().BadBlocks().Add(a.Offset+int64(a.Info.MapOff)+4*256, 512)
+	ts := startServer(t, Options{}, withExport("", "", b, false))
+	c := connectMeta(t, ts)
+	if err := c.send(cmdRead, 0, 1, 0, 256*4096, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.recv(); err != nil || r.errno != 0 {
+		t.Fatalf("read of sectors 0..255: %+v %v", r.errno, err)
+	}
+	if err := c.send(cmdBlockStatus, 0, 2, 0, 512*4096, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.errno != 0 || len(r.extents) == 0 || r.extents[0] != (extent{256 * 4096, stateHole | stateZero}) {
+		t.Fatalf("block status 0+2MiB: errno %v (%s), extents %v; want the readable prefix [1MiB hole+zero]", r.errno, r.msg, r.extents)
+	}
+	if err := c.send(cmdBlockStatus, 0, 3, 300*4096, 4096, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.recv(); err != nil || r.errno != EIO {
+		t.Fatalf("block status over the bad entry: errno %v, %v", r.errno, err)
+	}
+}

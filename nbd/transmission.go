@@ -426,7 +426,9 @@ const (
 // zeros are reported as hole and zero (a BTT never fails a write with
 // ENOSPC, whatever the flag suggests), the rest as allocated data. A
 // device that cannot tell (block.ZeroMapper not implemented) reports the
-// whole range as data, which the protocol allows.
+// whole range as data, which the protocol allows. A lookup that fails
+// after the first extent ends the reply there (the protocol allows a
+// shorter answer); only a failure on the first one is an error.
 func (w *worker) replyBlockStatus(r request, lba, n uint64) {
 	c := w.c
 	bp := getBuf(structuredHdrLen + 4 + 8*maxExtents)
@@ -439,7 +441,13 @@ func (w *worker) replyBlockStatus(r request, lba, n uint64) {
 	}
 	for left := min(n, maxStatusSectors); ok && left > 0; {
 		k, zero, err := zm.ZeroRun(lba, left)
+		if err == nil && (k == 0 || k > left) {
+			err = fmt.Errorf("nbd: device zero map returned a run of %d sectors for %d asked", k, left)
+		}
 		if err != nil {
+			if len(b) > structuredHdrLen+4 {
+				break // answer for the part before the error
+			}
 			putBuf(bp)
 			w.replyErr(r, ErrnoOf(err), err.Error())
 			return
