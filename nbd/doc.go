@@ -45,7 +45,7 @@
 //
 // # Transmission
 //
-// Flags: HAS_FLAGS, SEND_FLUSH, CAN_MULTI_CONN, and either READ_ONLY or
+// Flags: HAS_FLAGS, SEND_FLUSH, SEND_CACHE, CAN_MULTI_CONN, and either READ_ONLY or
 // SEND_FUA + SEND_TRIM + SEND_WRITE_ZEROES + SEND_FAST_ZERO; SEND_DF once structured
 // replies are on (a read is always answered with a single chunk).
 //
@@ -65,7 +65,8 @@
 // WRITE_ZEROES with FAST_ZERO fails at once with ENOTSUP unless the
 // device zeroes by metadata (block.FastZeroer: the BTT with sectors of a
 // page or more, PMDK pools); it is advertised on every writable export.
-// CACHE is not advertised; a request using it gets EINVAL.
+// CACHE is advertised and answered at once (after the range checks): the
+// device is memory, there is nothing to prefetch.
 //
 // # How a connection runs
 //

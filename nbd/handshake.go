@@ -302,7 +302,7 @@ func writeOptReply(bw *bufio.Writer, opt, typ uint32, data []byte) {
 
 // transmissionFlags are the flags advertised for ex on this connection.
 func (c *conn) transmissionFlags(ex *export) uint16 {
-	f := FlagHasFlags | FlagSendFlush | FlagCanMultiConn
+	f := FlagHasFlags | FlagSendFlush | FlagCanMultiConn | FlagSendCache
 	if ex.ReadOnly {
 		f |= FlagReadOnly
 	} else {

@@ -184,6 +184,7 @@ func TestInteropNbdinfo(t *testing.T) {
 		CanTrim      bool   `json:"can_trim"`
 		CanZero      bool   `json:"can_zero"`
 		CanFastZero  bool   `json:"can_fast_zero"`
+		CanCache     bool   `json:"can_cache"`
 		CanMultiConn bool   `json:"can_multi_conn"`
 		ReadOnly     bool   `json:"is_read_only"`
 	}
@@ -205,14 +206,14 @@ func TestInteropNbdinfo(t *testing.T) {
 		t.Fatalf("nbdinfo: %+v", doc)
 	}
 	want := export{Name: "main", Description: "the main disk", Size: b.Sectors() * 4096, Min: 4096, Pref: 4096,
-		Max: 32 << 20, CanFlush: true, CanFUA: true, CanTrim: true, CanZero: true, CanFastZero: true, CanMultiConn: true}
+		Max: 32 << 20, CanFlush: true, CanFUA: true, CanTrim: true, CanZero: true, CanFastZero: true, CanCache: true, CanMultiConn: true}
 	if e := doc.Exports[0]; e != want {
 		t.Errorf("default export:\n got %+v\nwant %+v", e, want)
 	}
 
 	parse(mustRunTool(t, 30*time.Second, nbdinfo, "--json", ts.uri("ro")))
 	wantRO := export{Name: "ro", Description: "read-only view", Size: b.Sectors() * 4096, Min: 4096, Pref: 4096,
-		Max: 32 << 20, CanFlush: true, CanMultiConn: true, ReadOnly: true}
+		Max: 32 << 20, CanFlush: true, CanCache: true, CanMultiConn: true, ReadOnly: true}
 	if e := doc.Exports[0]; e != wantRO {
 		t.Errorf("read-only export:\n got %+v\nwant %+v", e, wantRO)
 	}

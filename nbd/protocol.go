@@ -96,7 +96,7 @@ const (
 	cmdDisc        uint16 = 2 // NBD_CMD_DISC
 	cmdFlush       uint16 = 3 // NBD_CMD_FLUSH
 	cmdTrim        uint16 = 4 // NBD_CMD_TRIM
-	cmdCache       uint16 = 5 // NBD_CMD_CACHE (not advertised; answered EINVAL)
+	cmdCache       uint16 = 5 // NBD_CMD_CACHE (a hint; nothing to do on memory)
 	cmdWriteZeroes uint16 = 6 // NBD_CMD_WRITE_ZEROES
 	cmdBlockStatus uint16 = 7 // NBD_CMD_BLOCK_STATUS (base:allocation)
 )

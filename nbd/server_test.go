@@ -29,7 +29,7 @@ func TestHandshakeGoInfo(t *testing.T) {
 	if g.size != 256*4096 {
 		t.Errorf("size %d", g.size)
 	}
-	want := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero | FlagCanMultiConn
+	want := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim | FlagSendWriteZeroes | FlagSendFastZero | FlagCanMultiConn | FlagSendCache
 	if g.flags != want {
 		t.Errorf("flags %#x, want %#x", g.flags, want)
 	}
@@ -86,7 +86,7 @@ func TestExportNameOption(t *testing.T) {
 		if be.Uint64(b) != 64*512 {
 			t.Errorf("size %d", be.Uint64(b))
 		}
-		if f := be.Uint16(b[8:]); f != FlagHasFlags|FlagReadOnly|FlagSendFlush|FlagCanMultiConn {
+		if f := be.Uint16(b[8:]); f != FlagHasFlags|FlagReadOnly|FlagSendFlush|FlagCanMultiConn|FlagSendCache {
 			t.Errorf("flags %#x", f)
 		}
 		if !noZeroes && !bytes.Equal(b[10:], make([]byte, zeroPadLen)) {
@@ -277,7 +277,8 @@ func TestRequestErrors(t *testing.T) {
 				{"zero past end", cmdWriteZeroes, 0, 64 * 512, 512, nil, EINVAL},
 				{"read over maximum", cmdRead, 0, 0, 128 << 10, nil, EINVAL},
 				{"unknown command", 42, 0, 0, 512, nil, EINVAL},
-				{"cache not advertised", cmdCache, 0, 0, 512, nil, EINVAL},
+				{"cache past end", cmdCache, 0, 63 * 512, 1024, nil, EINVAL},
+				{"unaligned cache", cmdCache, 0, 100, 512, nil, EINVAL},
 				{"block status without contexts", cmdBlockStatus, 0, 0, 512, nil, EINVAL},
 				{"unknown flag", cmdRead, 1 << 9, 0, 512, nil, EINVAL},
 				{"fast zero on a device without fast zeroing", cmdWriteZeroes, cmdFlagFastZero, 0, 512, nil, ENOTSUP},
@@ -318,6 +319,16 @@ func TestRequestErrors(t *testing.T) {
 			}
 			if r := rc.do(cmdRead, 0, 0, 512, nil); r.errno != 0 {
 				t.Errorf("read on read-only export: %v", r.errno)
+			}
+			// CACHE is a hint, fine on both exports, over the whole
+			// device (more than the maximum block size).
+			for _, cc := range []*client{c, rc} {
+				if cc.flags&FlagSendCache == 0 {
+					t.Errorf("SEND_CACHE not advertised (flags %#x)", cc.flags)
+				}
+				if r := cc.do(cmdCache, 0, 0, 64*512, nil); r.errno != 0 || len(r.data) != 0 {
+					t.Errorf("cache: %v, %d data bytes", r.errno, len(r.data))
+				}
 			}
 			if r := rc.do(cmdFlush, 0, 0, 0, nil); r.errno != 0 {
 				t.Errorf("flush on read-only export: %v", r.errno)

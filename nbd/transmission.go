@@ -268,7 +268,7 @@ func (c *conn) check(r *request) (Errno, string) {
 	case cmdWriteZeroes:
 		write = true
 		allowed |= cmdFlagNoHole | cmdFlagFastZero
-	case cmdFlush:
+	case cmdFlush, cmdCache:
 	case cmdBlockStatus:
 		if !c.metaAlloc {
 			return EINVAL, "NBD_CMD_BLOCK_STATUS without a metadata context selected"
@@ -357,6 +357,8 @@ func (w *worker) execute(j job) {
 		}
 	case cmdFlush:
 		err = ex.dev.Flush()
+	case cmdCache:
+		// The device is memory: there is nothing to bring closer.
 	}
 	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdFlush {
 		err = ex.dev.Flush()
