@@ -531,8 +531,7 @@ func (w *worker) replyErr(r request, errno Errno, msg string) {
 // reply included, with one writev, and again until the queue is empty;
 // replies sent meanwhile are queued for it. A held reply (hold: the
 // reading worker ran the request, see worker.inline) is only queued, up
-// to replyFlushAt bytes, or holdSmall replies without data: the reading
-// worker flushes the queue
+// to replyFlushAt bytes: the reading worker flushes the queue
 // (flushReplies) before it waits for the client or for budget and when
 // it gives up the role (a large request, FLUSH), the watchdog flushes it
 // when it hands the role on, and any other sender writes it too. So a
@@ -561,7 +560,7 @@ func (c *conn) sendOwned(b []byte, own *[]byte, hold bool) {
 	// role on, the new reader may already be waiting for the client. (The
 	// timer's CAS precedes the new reader's flush, which takes o.mu.)
 	hold = hold && c.holding.Load() == holdRunning
-	if o.writing || (hold && o.queued < replyFlushAt && (o.n < holdSmall || o.queued >= holdSmallBytes)) {
+	if o.writing || (hold && o.queued < replyFlushAt) {
 		o.mu.Unlock()
 		return
 	}
@@ -590,7 +589,7 @@ func (c *conn) writeReplies() {
 		o.small, o.wsmall = o.wsmall[:0], o.small
 		o.owned, o.wowned = o.wowned[:0], o.owned
 		o.vecs, o.wvecs = o.wvecs[:0], o.vecs
-		o.queued, o.n = 0, 0
+		o.queued = 0
 		o.cond.Broadcast()
 		o.mu.Unlock()
 		o.wiov = append(append(o.wiov[:0], o.wvecs...), o.wsmall)
@@ -623,18 +622,6 @@ func (c *conn) writeReplies() {
 // collects before it writes them anyway.
 const replyFlushAt = 256 << 10
 
-// Replies without data (to writes, trims, flushes) are held back only
-// until holdSmall of them are queued: each one lets the client send its
-// next request, so writing them early keeps client and server working
-// at once, while data replies are worth batching (measured at iodepth 8:
-// writes 140-150k -> 157-164k requests/s, reads unchanged). A queue of
-// holdSmallBytes or more holds data replies and is batched up to
-// replyFlushAt.
-const (
-	holdSmall      = 2
-	holdSmallBytes = 1024
-)
-
 // replyQueueMax bounds the bytes of replies queued behind the one being
 // written on a connection (a sender waits beyond it).
 const replyQueueMax = 1 << 20
@@ -650,7 +637,6 @@ type replyQueue struct {
 	writing bool      // a writer is active (it empties the queue before it stops)
 	broken  bool      // a reply write failed
 	queued  int       // bytes queued
-	n       int       // replies queued
 	small   []byte    // concatenated small replies
 	vecs    [][]byte  // data replies
 	owned   []*[]byte // their buffers
@@ -665,7 +651,6 @@ type replyQueue struct {
 func (o *replyQueue) init() { o.cond.L = &o.mu }
 
 func (o *replyQueue) queue(b []byte, own *[]byte) {
-	o.n++
 	o.queued += len(b)
 	if own == nil {
 		o.small = append(o.small, b...)
@@ -682,7 +667,7 @@ func (o *replyQueue) fail() {
 		putBuf(p)
 		o.owned[i] = nil
 	}
-	o.owned, o.vecs, o.small, o.queued, o.n = o.owned[:0], o.vecs[:0], o.small[:0], 0, 0
+	o.owned, o.vecs, o.small, o.queued = o.owned[:0], o.vecs[:0], o.small[:0], 0
 	o.cond.Broadcast()
 }
 
