@@ -236,18 +236,13 @@ type infoRequest struct {
 // 32-bit name length, name, 16-bit count, count 16-bit info types.
 // Every length is checked against len(b) before use.
 func decodeInfoRequest(b []byte) (infoRequest, error) {
-	if len(b) < 6 {
-		return infoRequest{}, fmt.Errorf("%w: %d bytes of option data, need at least 6", ErrProtocol, len(b))
+	name, rest, err := takeString(b, "export name")
+	if err != nil {
+		return infoRequest{}, err
 	}
-	nameLen := uint64(be.Uint32(b))
-	if nameLen > uint64(len(b))-6 {
-		return infoRequest{}, fmt.Errorf("%w: export name length %d exceeds option data", ErrProtocol, nameLen)
+	if len(rest) < 2 {
+		return infoRequest{}, fmt.Errorf("%w: option data ends before the number of information requests", ErrProtocol)
 	}
-	if nameLen > MaxStringLen {
-		return infoRequest{}, fmt.Errorf("%w: export name of %d bytes (limit %d)", ErrProtocol, nameLen, MaxStringLen)
-	}
-	name := string(b[4 : 4+nameLen])
-	rest := b[4+nameLen:]
 	n := int(be.Uint16(rest))
 	rest = rest[2:]
 	if len(rest) != 2*n {
@@ -263,6 +258,23 @@ func decodeInfoRequest(b []byte) (infoRequest, error) {
 	return r, nil
 }
 
+// takeString reads a 32-bit length and that many bytes (at most
+// MaxStringLen) from the front of b, checking the length against b
+// before use, and returns the string and what follows it.
+func takeString(b []byte, what string) (string, []byte, error) {
+	if len(b) < 4 {
+		return "", nil, fmt.Errorf("%w: option data ends before the length of the %s", ErrProtocol, what)
+	}
+	n := uint64(be.Uint32(b))
+	if n > uint64(len(b))-4 {
+		return "", nil, fmt.Errorf("%w: %s length %d exceeds option data", ErrProtocol, what, n)
+	}
+	if n > MaxStringLen {
+		return "", nil, fmt.Errorf("%w: %s of %d bytes (limit %d)", ErrProtocol, what, n, MaxStringLen)
+	}
+	return string(b[4 : 4+n]), b[4+n:], nil
+}
+
 // metaRequest is the data of NBD_OPT_LIST_META_CONTEXT and
 // NBD_OPT_SET_META_CONTEXT: an export name and a list of queries.
 type metaRequest struct {
@@ -274,24 +286,9 @@ type metaRequest struct {
 // is checked against the data before use, so a hostile count allocates
 // nothing beyond the queries actually present.
 func decodeMetaRequest(b []byte) (metaRequest, error) {
-	str := func(what string) (string, error) {
-		if len(b) < 4 {
-			return "", fmt.Errorf("%w: option data ends before the length of the %s", ErrProtocol, what)
-		}
-		n := uint64(be.Uint32(b))
-		if n > uint64(len(b))-4 {
-			return "", fmt.Errorf("%w: %s length %d exceeds option data", ErrProtocol, what, n)
-		}
-		if n > MaxStringLen {
-			return "", fmt.Errorf("%w: %s of %d bytes (limit %d)", ErrProtocol, what, n, MaxStringLen)
-		}
-		s := string(b[4 : 4+n])
-		b = b[4+n:]
-		return s, nil
-	}
 	var r metaRequest
 	var err error
-	if r.name, err = str("export name"); err != nil {
+	if r.name, b, err = takeString(b, "export name"); err != nil {
 		return r, err
 	}
 	if len(b) < 4 {
@@ -300,8 +297,8 @@ func decodeMetaRequest(b []byte) (metaRequest, error) {
 	n := be.Uint32(b)
 	b = b[4:]
 	for i := uint32(0); i < n; i++ {
-		q, err := str("query")
-		if err != nil {
+		var q string
+		if q, b, err = takeString(b, "query"); err != nil {
 			return r, err
 		}
 		r.queries = append(r.queries, q)
