@@ -224,3 +224,58 @@ func TestModes(t *testing.T) {
 		t.Errorf("forced mode %s", f.Mode())
 	}
 }
+
+// TestDirectMapping: a mapped device and the windows over it offer their
+// bytes for direct loads (the same bytes ReadAt returns), and withhold them
+// when a load would bypass a check: a badblock anywhere on the device, a
+// closed device or window, a window that is not 8-byte aligned.
+func TestDirectMapping(t *testing.T) {
+	d, _ := openFile(t, t.TempDir(), 64<<10)
+	msg := []byte("direct bytes")
+	if _, err := d.WriteAt(msg, 4096+512+100); err != nil {
+		t.Fatal(err)
+	}
+	w, err := pmem.NewWindow(d, 4096, 16<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, err := pmem.NewWindow(w, 512, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		dev pmem.Device
+		off int64
+	}{{d, 4096 + 512 + 100}, {w, 512 + 100}, {w2, 100}} {
+		m := c.dev.(pmem.Mapped).DirectMapping()
+		if int64(len(m)) != c.dev.Size() || cap(m) != len(m) {
+			t.Fatalf("%v: direct mapping of %d bytes (cap %d), device of %d", c.dev, len(m), cap(m), c.dev.Size())
+		}
+		if !bytes.Equal(m[c.off:c.off+int64(len(msg))], msg) {
+			t.Fatalf("%v: direct mapping at %d holds %q", c.dev, c.off, m[c.off:c.off+int64(len(msg))])
+		}
+	}
+	odd, err := pmem.NewWindow(d, 4100, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if odd.DirectMapping() != nil {
+		t.Fatal("direct mapping of a window at an unaligned offset")
+	}
+	d.BadBlocks().Add(60<<10, 512) // outside every window
+	if d.(pmem.Mapped).DirectMapping() != nil || w2.DirectMapping() != nil {
+		t.Fatal("direct mapping offered with a badblock on the device")
+	}
+	d.BadBlocks().Clear(60<<10, 512)
+	if w2.DirectMapping() == nil {
+		t.Fatal("no direct mapping after the badblock was cleared")
+	}
+	w.Close()
+	if w.DirectMapping() != nil || w2.DirectMapping() != nil {
+		t.Fatal("direct mapping through a closed window")
+	}
+	d.Close()
+	if d.(pmem.Mapped).DirectMapping() != nil {
+		t.Fatal("direct mapping of a closed device")
+	}
+}
