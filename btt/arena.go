@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/nvblk/nvblk/pmem"
 )
@@ -58,7 +57,6 @@ type arena struct {
 	extStart uint64
 	logIdx   [2]int // physical slots holding the two entries: (0,1) or (0,2)
 	errFlag  bool   // IB_FLAG_ERROR: arena is read-only
-	direct   bool   // map entries are aligned words: direct reads allowed
 	failed   atomic.Bool
 
 	free     []freeEntry   // indexed by lane (< nlanes <= nfree)
@@ -91,18 +89,6 @@ func (a *arena) readMapRaw(dev pmem.Device, premap uint32, buf []byte) (uint32, 
 		return 0, err
 	}
 	return binary.LittleEndian.Uint32(buf), nil
-}
-
-// loadMap is readMapRaw, loading straight from the device's mapping when
-// mem is not nil (the caller guards against faults and has checked that
-// the arena lies inside mem).
-func (a *arena) loadMap(dev pmem.Device, mem []byte, premap uint32, buf []byte) (uint32, error) {
-	if mem == nil || a.override != nil {
-		return a.readMapRaw(dev, premap, buf)
-	}
-	// The map is 4096-aligned in the arena and the mapping 8-aligned
-	// (pmem.Mapped), so the entry is an aligned word: one load.
-	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&mem[a.mapOff+4*int64(premap)]))), nil
 }
 
 func (a *arena) writeMapRaw(dev pmem.Device, premap, raw uint32, buf []byte) error {

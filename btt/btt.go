@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -65,7 +64,6 @@ type CreateOptions struct {
 // sector updates over a pmem.Device. It is safe for concurrent use.
 type BTT struct {
 	dev        pmem.Device
-	mapped     pmem.Mapped // dev, if its contents are a mapping (direct reads)
 	version    Version
 	initOff    int64
 	uuid       [16]byte
@@ -213,68 +211,7 @@ func (b *BTT) sectors(p []byte, lba uint64, write bool) error {
 
 func (b *BTT) readSector(l *lane, lba uint64, dst []byte) error {
 	a, premap := b.locate(lba)
-	if b.mapped != nil && a.direct {
-		if mem := b.mapped.DirectMapping(); int64(len(mem)) >= a.off+a.size {
-			return b.readSectorDirect(l, lba, a, premap, dst, mem)
-		}
-	}
-	return b.readSectorFrom(l, lba, a, premap, dst, nil)
-}
-
-// readSectorDirect reads a sector by loading straight from the device's
-// mapping, under one fault guard for the whole sector instead of one per
-// device call (the map entry, its re-read and the block): on a mapped
-// device that is about a tenth of a read's cost. A fault (a truncated
-// file, poisoned memory) becomes the same *pmem.MediaError that ReadAt
-// returns, and a fault in the data block marks the map entry E, as on the
-// ReadAt path. The caller has checked that the arena lies inside mem and
-// that its map entries are aligned words.
-func (b *BTT) readSectorDirect(l *lane, lba uint64, a *arena, premap uint32, dst, mem []byte) (err error) {
-	old := debug.SetPanicOnFault(true)
-	defer func() {
-		debug.SetPanicOnFault(old)
-		if r := recover(); r != nil {
-			at, ok := pmem.FaultOffset(r, mem)
-			if !ok {
-				panic(r)
-			}
-			a.rtt[l.idx].v.Store(0)
-			err = b.directFault(l, lba, a, premap, len(dst), at)
-		}
-	}()
-	return b.readSectorFrom(l, lba, a, premap, dst, mem)
-}
-
-// directFault reports a fault at mapping offset at during a direct read
-// of premap, as the ReadAt path would have: the access that faulted, and
-// the map entry marked E if it was the data block.
-func (b *BTT) directFault(l *lane, lba uint64, a *arena, premap uint32, n int, at int64) error {
-	mapAt := a.mapOff + 4*int64(premap)
-	if at >= mapAt && at < mapAt+4 {
-		return &SectorError{Op: "read", LBA: lba, Err: pmem.DirectFault(mapAt, 4, at)}
-	}
-	post := uint32((at - a.dataOff) / a.L)
-	if at < a.dataOff || post >= a.intNLBA {
-		// Neither the entry nor a data block: cannot happen with an arena
-		// inside the mapping, but report it rather than guess.
-		return &SectorError{Op: "read", LBA: lba, Err: pmem.DirectFault(at, 1, at)}
-	}
-	if !b.readOnly {
-		if raw, err := a.readMapRaw(b.dev, premap, l.buf[:]); err == nil {
-			if p, st := decodeMap(raw, premap); p == post && st != MapZero && st != MapError {
-				b.markError(a, premap, raw, post, l)
-			}
-		}
-	}
-	return &SectorError{Op: "read", LBA: lba, Err: pmem.DirectFault(a.blockOff(post), int64(n), at)}
-}
-
-// readSectorFrom runs the read protocol (the kernel's btt_read_pg): read
-// the map entry, publish the block in the read-tracking table, re-read the
-// entry until it is stable, copy the block. mem is the device's mapping
-// under a fault guard (readSectorDirect), or nil to go through ReadAt.
-func (b *BTT) readSectorFrom(l *lane, lba uint64, a *arena, premap uint32, dst, mem []byte) error {
-	raw, err := a.loadMap(b.dev, mem, premap, l.buf[:])
+	raw, err := a.readMapRaw(b.dev, premap, l.buf[:])
 	if err != nil {
 		return &SectorError{Op: "read", LBA: lba, Err: err}
 	}
@@ -293,7 +230,7 @@ func (b *BTT) readSectorFrom(l *lane, lba uint64, a *arena, premap uint32, dst, 
 			return &SectorError{Op: "read", LBA: lba, Err: errSectorE}
 		}
 		rtt.Store(rttValid | post)
-		raw2, err := a.loadMap(b.dev, mem, premap, l.buf[:])
+		raw2, err := a.readMapRaw(b.dev, premap, l.buf[:])
 		if err != nil {
 			rtt.Store(0)
 			return &SectorError{Op: "read", LBA: lba, Err: err}
@@ -308,11 +245,6 @@ func (b *BTT) readSectorFrom(l *lane, lba uint64, a *arena, premap uint32, dst, 
 		rtt.Store(0)
 		return &SectorError{Op: "read", LBA: lba, Err: corruptf(a.idx, a.mapOff+4*int64(premap),
 			"map entry for LBA %d points at block %d, past internal_nlba %d", premap, post, a.intNLBA)}
-	}
-	if mem != nil {
-		copy(dst, mem[a.blockOff(post):])
-		rtt.Store(0)
-		return nil
 	}
 	_, err = b.dev.ReadAt(dst, a.blockOff(post))
 	rtt.Store(0)

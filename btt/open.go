@@ -150,7 +150,6 @@ func Open(dev pmem.Device, opt Options) (*BTT, error) {
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
-	b.mapped, _ = dev.(pmem.Mapped)
 	if err := b.discover(pr, opt.ParentUUID); err != nil {
 		return nil, err
 	}
@@ -284,7 +283,6 @@ func parseArena(i int, off int64, ib Info, devSize int64, lbasize uint32) (*aren
 		extNLBA:  ib.ExternalNLBA,
 		nfree:    ib.NFree,
 		errFlag:  ib.Flags&infoFlagError != 0,
-		direct:   (off+int64(ib.MapOff))%MapEntrySize == 0,
 	}
 	nlocks := min(ib.NFree, 256)
 	a.mapLocks = make([]paddedMutex, nlocks)

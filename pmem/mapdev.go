@@ -1,6 +1,7 @@
 package pmem
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -69,14 +70,26 @@ func (d *mapDev) check(op string, off, n int64) error {
 	return nil
 }
 
-// readGuarded copies out of the mapping with faults turned into panics,
-// and converts a fault in the mapping into a *MediaError.
+// faultErr converts a recovered runtime fault inside our mapping into a
+// media error; anything else is re-raised.
+func (d *mapDev) faultErr(r any, op string, off, n int64) error {
+	if e, ok := r.(interface{ Addr() uintptr }); ok {
+		a := e.Addr()
+		if a >= d.base && a < d.base+uintptr(d.size) {
+			return &MediaError{Op: op, Off: off, Len: n, Why: fmt.Sprintf("fault at device offset %d", a-d.base)}
+		}
+	}
+	panic(r)
+}
+
+// guarded runs fn with faults turned into panics, and converts a fault in
+// the mapping into a *MediaError.
 func (d *mapDev) readGuarded(p []byte, off int64) (err error) {
 	old := debug.SetPanicOnFault(true)
 	defer func() {
 		debug.SetPanicOnFault(old)
 		if r := recover(); r != nil {
-			err = faultErr(r, d.data, "read", off, int64(len(p)))
+			err = d.faultErr(r, "read", off, int64(len(p)))
 		}
 	}()
 	copy(p, d.data[off:])
@@ -88,7 +101,7 @@ func (d *mapDev) writeGuarded(p []byte, off int64, persist bool) (err error) {
 	defer func() {
 		debug.SetPanicOnFault(old)
 		if r := recover(); r != nil {
-			err = faultErr(r, d.data, "write", off, int64(len(p)))
+			err = d.faultErr(r, "write", off, int64(len(p)))
 		}
 	}()
 	dst := d.data[off : off+int64(len(p))]
