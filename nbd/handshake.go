@@ -41,6 +41,7 @@ type conn struct {
 	watchdog  *time.Timer   // hands the reader role on when a request takes long
 	watchSeen atomic.Uint64 // inlineSeq at the watchdog's previous tick
 	out       replyQueue    // replies waiting for the connection's writer
+	ahead     atomic.Int32  // requests buffered after the last one read (about)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

@@ -128,7 +128,7 @@ func newPollGate() *pollGate {
 }
 
 func (g *pollGate) enter() bool {
-	if g.conns.Load() > g.max {
+	if !g.spare() {
 		return false
 	}
 	if g.polling.Add(1) <= g.max {
@@ -139,3 +139,7 @@ func (g *pollGate) enter() bool {
 }
 
 func (g *pollGate) leave() { g.polling.Add(-1) }
+
+// spare reports whether the CPUs have room for a busy connection's extra
+// work: at most max connections are in the transmission phase.
+func (g *pollGate) spare() bool { return g.conns.Load() <= g.max }

@@ -75,6 +75,9 @@ type Options struct {
 	// Logger receives connection events and protocol violations. Nil
 	// discards them.
 	Logger *slog.Logger
+
+	// watchTick replaces the watchdog period (tests).
+	watchTick time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -86,6 +89,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Workers <= 0 {
 		o.Workers = 8
+	}
+	if o.watchTick <= 0 {
+		o.watchTick = watchTick
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 64

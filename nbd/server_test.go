@@ -1116,3 +1116,40 @@ func TestDisconnectMidBurst(t *testing.T) {
 		t.Fatalf("%d panics", p)
 	}
 }
+
+// TestEarlyWriteReplies: a client with few requests in flight gets the
+// replies to its writes two at a time, not only once the server has run
+// its whole burst: here the third of six pipelined writes blocks (and the
+// watchdog, which would flush the held replies, is slowed to an hour),
+// and the replies to the first two arrive meanwhile. With many requests
+// buffered the replies are batched (see replyEarly).
+func TestEarlyWriteReplies(t *testing.T) {
+	g := newGate(t)
+	dev := newMemDev(4096, 64)
+	dev.hook = func(op string, lba uint64) error {
+		if op == "write" && lba == 3 {
+			g.wait()
+		}
+		return nil
+	}
+	ts := startServer(t, Options{Workers: 2, Poll: -1, watchTick: time.Hour}, withExport("", "", dev, false))
+	c := connect(t, ts, "", true)
+	var b []byte
+	h := make([]byte, requestLen)
+	for i := uint64(1); i <= 6; i++ {
+		putRequest(h, request{typ: cmdWrite, handle: i, offset: i * 4096, length: 4096})
+		b = append(append(b, h...), pattern(4096, byte(i))...)
+	}
+	c.mustWrite(b)
+	c.awaitReply(g, 2, "second write while the third blocks")
+	for got := 2; got < 6; got++ { // the rest, once the gate is open
+		if r, err := c.recv(); err != nil || r.errno != 0 {
+			t.Fatalf("reply %d: %v %v", got+1, err, r.errno)
+		}
+	}
+	for i := uint64(1); i <= 6; i++ {
+		if r := c.do(cmdRead, 0, i*4096, 4096, nil); r.errno != 0 || !bytes.Equal(r.data, pattern(4096, byte(i))) {
+			t.Fatalf("sector %d reads back wrong: %v", i, r.errno)
+		}
+	}
+}
