@@ -87,7 +87,10 @@
 // writev. Held replies are written as soon as the reader stops reading
 // for any reason: before it waits for the client or for the in-flight
 // budget, when it hands itself a FLUSH or large request, and when the
-// watchdog hands its role on.
+// watchdog hands its role on. Replies without data (writes, trims) are
+// written two at a time instead while the client keeps few requests in
+// flight and the server has few connections, so that a shallow client
+// can send its next requests while the reader finishes the burst.
 // While the client keeps a connection busy, its reader polls the socket
 // for up to Options.Poll (20 µs) before its goroutine sleeps (only when
 // the server has few connections), which saves a sleep and a wake-up
