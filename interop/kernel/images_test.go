@@ -78,6 +78,7 @@ type image struct {
 	gens    map[uint64]int
 	trimmed map[uint64]bool // sectors nvblk put in the Z state (and nothing wrote since)
 	writes  int             // writes applied, for the log
+	arenas  int64           // nvblk-made images: the largest arena (0: the kernel's 512 GiB)
 }
 
 func newImage(name string, ss int, lbasize uint32) *image {
@@ -181,7 +182,7 @@ func createImage(t testing.TB, im *image, v btt.Version) *opened {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt := btt.CreateOptions{Version: v, LBASize: im.lbasize}
+	opt := btt.CreateOptions{Version: v, LBASize: im.lbasize, MaxArenaSize: im.arenas}
 	if im.nsUUID != "" {
 		opt.ParentUUID = [16]byte(uuid.MustParse(im.nsUUID))
 		p := opt.ParentUUID

@@ -479,9 +479,10 @@ func TestKernel(t *testing.T) {
 		n11m  = add(newImage("n11-4160", 4096, 4160), 0, false)        // nvblk Go API
 		crash = add(newImage("crash-4096", 4096, 4096), 0, false)
 		media = add(newImage("media-4096", 4096, 4096), 0, false)
+		n11a  = add(newImage("n11-arenas", 4096, 4096), 0, false) // nvblk Go API, two 16 MiB arenas; the kernel writes too
 	)
 	kernelMade := []*image{k11, k11m, k20, k20s}
-	disks1 := []*image{k11, k11m, k20, k20s, n11, n11b, n11m, crash, media}
+	disks1 := []*image{k11, k11m, k20, k20s, n11, n11b, n11m, crash, media, n11a}
 
 	prepStart := time.Now()
 	// n11-512 through the command line: create, write, zero, info.
@@ -511,6 +512,25 @@ func TestKernel(t *testing.T) {
 	for _, im := range []*image{n11b, n11m} {
 		o := createImage(t, im, btt.V11)
 		writeNvblk(t, im, o, nvblkPlan(o.Sectors())...)
+		o.close()
+	}
+	// n11-arenas: the kernel lays out at most one arena per 512 GiB, so a
+	// multi-arena BTT is made here with 16 MiB arenas (ARENA_MIN_SIZE);
+	// nvblk writes across the arena boundary, then the kernel does (boot 1
+	// job), and both must read the other's writes in either arena.
+	n11a.nsSize, n11a.arenas = 34*mib, 16*mib
+	var arenaEdge uint64
+	{
+		o := createImage(t, n11a, btt.V11)
+		ar := o.Arenas()
+		if len(ar) != 2 {
+			t.Fatalf("n11-arenas: %d arenas, want 2", len(ar))
+		}
+		arenaEdge = ar[1].ExternalStart
+		n := o.Sectors()
+		writeNvblk(t, n11a, o, append(nvblkPlan(n),
+			write{LBA: arenaEdge - 1, Gen: 2}, write{LBA: arenaEdge, Gen: 2},
+			write{LBA: arenaEdge - 2, Gen: 3, Count: 4}, write{LBA: arenaEdge + 5, Gen: 1})...)
 		o.close()
 	}
 	crashX, crashY, crashOld := prepareCrash(t, crash)
@@ -543,6 +563,18 @@ func TestKernel(t *testing.T) {
 		im.apply(rest...)
 		j.f("nv_info %d", k)
 	}
+	{
+		im := n11a
+		kw := []write{
+			{LBA: arenaEdge - 1, Gen: 5}, {LBA: arenaEdge + 1, Gen: 5},
+			{LBA: arenaEdge - 3, Gen: 6, Count: 6}, // one bio across the arenas
+			{LBA: arenaEdge + 5, Gen: 2}, {LBA: arenaEdge + 7, Gen: 1},
+		}
+		j.f("nv_phase write %s", im.name)
+		j.f("nv_dev %d", im.slot)
+		j.f("nv_write %d %d %s %s", im.slot, im.ss, im.seed, writeList(kw))
+		im.apply(kw...)
+	}
 	for _, im := range disks1 {
 		j.f("nv_phase read %s", im.name)
 		j.read(im)
@@ -566,7 +598,7 @@ func TestKernel(t *testing.T) {
 	}
 
 	// ---- 1. nvblk -> kernel (BTT 1.1 made by nvblk) ----
-	for _, im := range []*image{n11, n11b, n11m} {
+	for _, im := range []*image{n11, n11b, n11m, n11a} {
 		t.Run("nvblk-to-kernel/"+im.name, func(t *testing.T) {
 			v := views1[im]
 			o := openImage(t, im, true)
