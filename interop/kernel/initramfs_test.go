@@ -39,6 +39,10 @@ var guestModules = []string{"nfit", "libnvdimm", "nd_pmem", "nd_btt"}
 // parser (CONFIG_EFI_PARTITION) is built in.
 var guestBlkModules = []string{"virtio_pci", "virtio_blk", "loop"}
 
+// guestNetModules (/etc/nvblk/modules.net) give the guest a virtio network
+// card and the kernel's NBD client, for the NBD check.
+var guestNetModules = []string{"virtio_pci", "virtio_net", "nbd"}
+
 // guestKernel is the kernel the guest boots.
 type guestKernel struct {
 	Release string // uname -r, e.g. 6.1.0-56-amd64
@@ -414,7 +418,11 @@ func baseInitramfs(t testing.TB, k guestKernel, tl tools) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for list, ms := range map[string][]string{"etc/nvblk/modules": mods, "etc/nvblk/modules.blk": blk} {
+	netm, err := moduleOrder(k.ModDir, guestNetModules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for list, ms := range map[string][]string{"etc/nvblk/modules": mods, "etc/nvblk/modules.blk": blk, "etc/nvblk/modules.net": netm} {
 		var b strings.Builder
 		for _, m := range ms {
 			dst := filepath.Join("lib/modules", k.Release, m)
@@ -463,7 +471,7 @@ func baseInitramfs(t testing.TB, k guestKernel, tl tools) string {
 		t.Fatal(err)
 	}
 	st, _ := os.Stat(path)
-	t.Logf("initramfs: built %s (%d bytes; modules %s; on demand %s)", path, st.Size(), strings.Join(mods, " "), strings.Join(blk, " "))
+	t.Logf("initramfs: built %s (%d bytes; modules %s; on demand %s; %s)", path, st.Size(), strings.Join(mods, " "), strings.Join(blk, " "), strings.Join(netm, " "))
 	initramfsCache[key] = path
 	return path
 }

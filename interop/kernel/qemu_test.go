@@ -81,10 +81,18 @@ func mceCommand(addr string) string {
 	return "mce -b 0 1 0xbd000000000000c0 0x5 " + addr + " 0x89"
 }
 
+// memArg is qemu's -m: room for slots nvdimms (none: plain memory).
+func memArg(slots int) string {
+	if slots == 0 {
+		return "512M"
+	}
+	return fmt.Sprintf("512M,slots=%d,maxmem=16G", slots)
+}
+
 // boot runs the guest once with disks and job, and returns its report. A
 // guest that does not come up, does not finish its job, or reports a
 // guest-side error fails the test with the tail of its serial log.
-func (h *harness) boot(t *testing.T, name string, disks []vmDisk, job string) *guestReport {
+func (h *harness) boot(t *testing.T, name string, disks []vmDisk, job string, qemuArgs ...string) *guestReport {
 	t.Helper()
 	dir := filepath.Join(h.dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -118,13 +126,14 @@ func (h *harness) boot(t *testing.T, name string, disks []vmDisk, job string) *g
 		"-accel", "tcg", "-machine", "pc,nvdimm=on",
 		"-cpu", "qemu64,vendor=GenuineIntel", // Intel machine-check semantics (see mceCommand)
 		"-smp", "2",
-		"-m", fmt.Sprintf("512M,slots=%d,maxmem=16G", slots),
+		"-m", memArg(slots),
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-serial", "stdio",
 		"-qmp", "unix:" + qmp + ",server=on,wait=off",
 		"-kernel", h.kernel.Image, "-initrd", initrd,
 		"-append", "console=ttyS0 loglevel=3 panic=-1",
 	}
+	args = append(args, qemuArgs...)
 	vd := 0
 	for _, d := range disks {
 		if d.Virtio {

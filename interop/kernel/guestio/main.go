@@ -14,6 +14,10 @@
 //	                                                   is not all zeroes, then @@R DISK scan SECTORS NONZERO
 //	guestio cscan DISK DEV SS                          the same through the page cache (page-sized bio
 //	                                                   segments): cnz and cscan records
+//	guestio nbd   DISK ADDR:PORT DEV BS                connect the kernel NBD client (ioctls) on DEV to the
+//	                                                   server's default export; blocks until disconnected:
+//	                                                   @@R DISK nbd SIZE FLAGS, then @@R DISK nbd-done OK
+//	guestio nbd-disconnect DEV                         NBD_DISCONNECT
 //	guestio sum   DISK DEV OFF LEN                     sha256 of LEN bytes from byte OFF (O_DIRECT, 1 MiB
 //	                                                   reads; both 512-byte multiples):
 //	                                                   @@R DISK sum DEV OFF LEN SHA256|EIO
@@ -69,6 +73,14 @@ func atoi(s string) int {
 
 func main() {
 	defer out.Flush()
+	if len(os.Args) == 6 && os.Args[1] == "nbd" {
+		nbdAttach(os.Args[2], os.Args[3], os.Args[4], atoi(os.Args[5]))
+		return
+	}
+	if len(os.Args) == 3 && os.Args[1] == "nbd-disconnect" {
+		nbdDetach(os.Args[2])
+		return
+	}
 	if len(os.Args) == 6 && os.Args[1] == "sum" {
 		sum(os.Args[2], os.Args[3], int64(atoi(os.Args[4])), int64(atoi(os.Args[5])))
 		return

@@ -1,0 +1,135 @@
+package kernel_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/nbd"
+)
+
+// nbdDisk is the guest's disk number for /dev/nbd0 in the report.
+const nbdDisk = 50
+
+// TestKernelNBDClient: Linux's own NBD client (nbd.ko, set up through its
+// ioctls by guestio after a fixed-newstyle NBD_OPT_GO handshake) uses a
+// BTT exported by nvblk's NBD server over TCP. qemu's user network
+// (restricted: the guest reaches nothing but the forwarded port) carries
+// the guest's connections to 10.0.2.100:10809 to the server on the host's
+// 127.0.0.1. The guest reads what nvblk wrote, writes (single and
+// multi-sector bios), discards a range (NBD_CMD_TRIM), reads everything
+// back and disconnects (NBD_CMD_DISC); afterwards nvblk reads the guest's
+// writes and zeroes from the BTT, which must check clean.
+func TestKernelNBDClient(t *testing.T) {
+	h := newHarness(t)
+	im := newImage("nbd-4096", 4096, 4096)
+	im.path = filepath.Join(h.dir, "nbd.img")
+	o := createImage(t, im, btt.V11)
+	n := o.Sectors()
+	writeNvblk(t, im, o,
+		write{LBA: 0, Gen: 1}, write{LBA: 1, Gen: 1}, write{LBA: 40, Gen: 1, Count: 3},
+		write{LBA: 70, Gen: 1, Count: 2}, write{LBA: n - 1, Gen: 1})
+
+	srv := nbd.NewServer(nbd.Options{})
+	if err := srv.AddExport("", "", o.BTT, false); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("nbd server shutdown: %v", err)
+		}
+		if err := <-served; err != nil && err != nbd.ErrServerClosed {
+			t.Errorf("nbd server: %v", err)
+		}
+	}
+	defer stop()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	guest := []write{
+		{LBA: 1, Gen: 2},           // over nvblk's write
+		{LBA: 5, Gen: 1, Count: 8}, // one 32 KiB bio
+		{LBA: 41, Gen: 3},          // inside nvblk's multi-sector write
+		{LBA: 60, Gen: 1, Count: 4},
+		{LBA: n / 2, Gen: 2}, {LBA: n - 2, Gen: 1, Count: 2},
+	}
+	const trimLBA, trimCount = 60, 12 // over the guest's 60-63, nvblk's 70-71 and never-written sectors
+	var j jobBuilder
+	j.f("nv_modules /etc/nvblk/modules.net")
+	j.f("ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
+	j.f("guestio nbd %d 10.0.2.100:10809 /dev/nbd0 4096 &", nbdDisk)
+	j.f("i=0; while [ \"$(cat /sys/block/nbd0/size 2>/dev/null)\" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done")
+	j.f("nv_phase nbd attached")
+	j.f("guestio write %d /dev/nbd0 4096 %s %s", nbdDisk, im.seed, writeList(guest))
+	im.apply(guest...)
+	j.f("blkdiscard -o %d -l %d /dev/nbd0 || nv_e %d 'blkdiscard failed'", trimLBA*4096, trimCount*4096, nbdDisk)
+	for i := uint64(0); i < trimCount; i++ {
+		im.gens[trimLBA+i] = 0 // a discarded sector reads as zeroes
+	}
+	j.f("nv_phase nbd read")
+	lbas := make([]string, 0, len(im.gens))
+	for _, lba := range im.written() {
+		lbas = append(lbas, strconv.FormatUint(lba, 10))
+	}
+	j.f("guestio read %d /dev/nbd0 4096 %s", nbdDisk, strings.Join(lbas, " "))
+	j.f("guestio scan %d /dev/nbd0 4096", nbdDisk)
+	j.f("guestio nbd-disconnect /dev/nbd0")
+	j.f("wait")
+	rep := h.boot(t, "nbd", nil, j.String(),
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-tcp:127.0.0.1:%d", port),
+		"-device", "virtio-net-pci,netdev=n0")
+	stop()
+
+	if r := rep.first(nbdDisk, "nbd"); len(r) != 2 || r[0] != strconv.FormatUint(n*4096, 10) {
+		t.Fatalf("the guest's NBD client reported %v, want the export's %d bytes", r, n*4096)
+	}
+	if r := rep.first(nbdDisk, "nbd-done"); len(r) != 1 || r[0] != "true" {
+		t.Errorf("NBD_DO_IT did not end cleanly after the disconnect: %v", r)
+	}
+	v := &guestView{sectors: map[uint64][]string{}, scan: parseScan(rep.Records[nbdDisk], "")}
+	for _, r := range rep.Records[nbdDisk]["sector"] {
+		if len(r) == 2 {
+			lba, _ := strconv.ParseUint(r[0], 10, 64)
+			v.sectors[lba] = append(v.sectors[lba], r[1])
+		}
+	}
+	expectGuestReads(t, im, v, n)
+
+	// nvblk reads the guest's writes and discards from the BTT.
+	if err := o.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	o.close()
+	o = openImage(t, im, true)
+	defer o.close()
+	if d := diffNonzero(verifyNvblk(t, im, o, nil), modelNonzero(im, n, false)); d != "" {
+		t.Errorf("nvblk reads the BTT after the guest's writes as: %s", d)
+	}
+	// 4096-byte sectors are discarded by the zero state (map entries),
+	// not by writing zeroes.
+	if run, zero, err := o.ZeroRun(trimLBA, trimCount); err != nil || !zero || run != trimCount {
+		t.Errorf("LBAs %d-%d after NBD_CMD_TRIM: a zero run of %d (zero %v, %v), want all %d in the zero state",
+			trimLBA, trimLBA+trimCount-1, run, zero, err, trimCount)
+	}
+	if out := string(h.nvblkCLI(t, nil, "check", im.path)); !strings.Contains(out, " 0 error(s) found") {
+		t.Errorf("nvblk check after the guest's session: %s", out)
+	}
+}
