@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/nvblk/nvblk/block"
+	"github.com/nvblk/nvblk/pmem"
 )
 
 var (
@@ -25,13 +26,18 @@ var zeroRunBufs = sync.Pool{New: func() any { return new([4 * zeroRunChunk]byte)
 
 // ZeroRun returns the length n (1 <= n <= count) of the run of sectors
 // from lba that all read as zeros, or that all may not: a sector reads
-// as zeros when its map entry is in the zero state, or, in a PMDK pool,
-// when it was never written (libpmemblk reads those as zeros; a Linux
-// BTT reads the data block of a never-written sector, which may hold
-// anything). It reads only the map, a chunk at a time, and takes no
-// locks: the answer is a snapshot (block.ZeroMapper). A map entry that
-// cannot be read ends the run before it; only when it is the first one
-// is it an error, naming its LBA.
+// as zeros when its map entry is in the zero state, or when it was never
+// written and either the BTT is a PMDK pool (libpmemblk reads those as
+// zeros) or its data block lies in a hole of the backing file
+// (pmem.Sparse: a Linux BTT reads the data block of a never-written
+// sector, which holds whatever the namespace held; a new sparse image
+// holds zeros there). It reads only the map, a chunk at a time, and asks
+// the device about holes once per extent; it takes no locks: the answer
+// is a snapshot (block.ZeroMapper). (A never-written sector's data block
+// is used by nothing else until the sector is written: the free blocks
+// start past the exported ones, and a block is freed only by the write
+// that remaps its sector.) A map entry that cannot be read ends the run
+// before it; only when it is the first one is it an error, naming its LBA.
 func (b *BTT) ZeroRun(lba, count uint64) (n uint64, zero bool, err error) {
 	if b.closed.Load() {
 		return 0, false, ErrClosed
@@ -41,13 +47,37 @@ func (b *BTT) ZeroRun(lba, count uint64) (n uint64, zero bool, err error) {
 	}
 	buf := zeroRunBufs.Get().(*[4 * zeroRunChunk]byte)
 	defer zeroRunBufs.Put(buf)
+	sparse, _ := b.dev.(pmem.Sparse)
+	var ext struct { // the device extent asked about last
+		off, end int64
+		hole     bool
+	}
+	// hole reports whether premap's own data block lies in a hole.
+	hole := func(a *arena, premap uint32) bool {
+		if sparse == nil {
+			return false
+		}
+		off := a.blockOff(premap)
+		end := off + int64(b.sectorSize)
+		if off < ext.off || off >= ext.end {
+			// Ask about everything up to the end of the request (the
+			// identity blocks of consecutive sectors are consecutive).
+			last := min(uint64(a.extNLBA), uint64(premap)+count-n)
+			isHole, run, err := sparse.Extent(off, a.blockOff(uint32(last))-off)
+			if err != nil || run <= 0 {
+				return false
+			}
+			ext.off, ext.end, ext.hole = off, off+run, isHole
+		}
+		return ext.hole && end <= ext.end
+	}
 	// next classifies one entry; it reports false when the run ends.
 	next := func(a *arena, premap, raw uint32) bool {
 		if v, ok := a.override[premap]; ok {
 			raw = v
 		}
 		_, st := decodeMap(raw, premap)
-		z := st == MapZero || (st == MapIdentity && b.pmdk)
+		z := st == MapZero || (st == MapIdentity && (b.pmdk || hole(a, premap)))
 		if n == 0 {
 			zero = z
 		} else if z != zero {

@@ -1,10 +1,14 @@
 package btt_test
 
 import (
+	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
 )
 
 // TestZeroRun compares ZeroRun with a model of which sectors read as
@@ -103,6 +107,104 @@ func TestZeroRun(t *testing.T) {
 			b.Close()
 			if _, _, err := b.ZeroRun(0, 1); !errors.Is(err, btt.ErrClosed) {
 				t.Errorf("ZeroRun after Close: %v", err)
+			}
+		})
+	}
+}
+
+// TestZeroRunSparseFile: on a file-backed Linux BTT, a never-written
+// sector reads its own data block, so it is reported as zeros exactly when
+// that block lies in a hole of the file (pmem.Sparse). A new sparse image
+// is one zero run; writes (whose freed blocks are reused by later writes)
+// turn sectors into data; a BTT laid over a file full of old bytes reports
+// its never-written sectors as data, since they read those bytes. Every
+// sector reported zero must read as zeros.
+func TestZeroRunSparseFile(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		lbasize uint32
+		garbage bool
+	}{{"4096", 4096, false}, {"512", 512, false}, {"4096-old-bytes", 4096, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "dev.img")
+			const size = 32<<20 + 4096
+			if c.garbage {
+				old := bytes.Repeat([]byte{0xaa}, size)
+				if err := os.WriteFile(path, old, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dev, err := pmem.Open(path, pmem.Options{CreateSize: size})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			if !c.garbage {
+				if hole, run, err := dev.(pmem.Sparse).Extent(0, size); err != nil || !hole || run != size {
+					if os.Getenv("CI") == "true" {
+						t.Fatalf("the new file is not sparse here: %v %d %v", hole, run, err)
+					}
+					t.Skipf("the new file is not sparse here (%v %d %v)", hole, run, err)
+				}
+			}
+			b, err := btt.Create(dev, btt.CreateOptions{LBASize: c.lbasize, MaxArenaSize: 16 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			nlba, ss := b.Sectors(), b.SectorSize()
+			if n, z, err := b.ZeroRun(0, nlba); err != nil || n != nlba || z == c.garbage {
+				t.Fatalf("new BTT: ZeroRun(0, %d) = %d, %v, %v; want one run, zero %v", nlba, n, z, err, !c.garbage)
+			}
+			rng := newRand(3)
+			p := make([]byte, 8*ss)
+			for op := 0; op < 300; op++ {
+				n := 1 + rng.Uint64N(8)
+				lba := rng.Uint64N(nlba - n)
+				for i := range p {
+					p[i] = byte(rng.Uint32()) | 1
+				}
+				if op%5 == 0 {
+					clear(p) // zeros written as data
+				}
+				if err := b.WriteSectors(p[:int(n)*ss], lba); err != nil {
+					t.Fatal(err)
+				}
+				if op%7 == 0 {
+					if err := b.ZeroSectors(lba, n); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			buf := make([]byte, ss)
+			zeros := make([]byte, ss)
+			reportedZero := 0
+			for lba := uint64(0); lba < nlba; {
+				n, z, err := b.ZeroRun(lba, nlba-lba)
+				if err != nil || n == 0 {
+					t.Fatalf("ZeroRun(%d): %d, %v", lba, n, err)
+				}
+				for i := range n {
+					if !z {
+						continue
+					}
+					reportedZero++
+					if err := b.ReadSectors(buf, lba+i); err != nil || !bytes.Equal(buf, zeros) {
+						t.Fatalf("LBA %d reported zero, reads %x... (%v)", lba+i, buf[:8], err)
+					}
+				}
+				lba += n
+			}
+			if c.garbage && c.lbasize == 4096 {
+				// Only zeroed sectors (the Z state) are zero here.
+				if err := b.ReadSectors(buf, nlba-1); err == nil && !bytes.Equal(buf, zeros) {
+					if _, z, _ := b.ZeroRun(nlba-1, 1); z {
+						t.Fatal("a sector reading old bytes reported as zeros")
+					}
+				}
+			}
+			if !c.garbage && reportedZero < int(nlba)/2 {
+				t.Errorf("only %d of %d sectors reported zero on a mostly unwritten sparse image", reportedZero, nlba)
 			}
 		})
 	}

@@ -57,7 +57,9 @@
 //	FLUSH, FUA     device Flush (see Durability)
 //	BLOCK_STATUS   base:allocation: runs of sectors the device knows read
 //	               as zeros (block.ZeroMapper: the BTT's zero state, blocks
-//	               of a PMDK pool never written) are HOLE|ZERO, the rest 0;
+//	               of a PMDK pool never written, never-written sectors of
+//	               a Linux BTT whose data blocks are holes of a sparse
+//	               image file) are HOLE|ZERO, the rest 0;
 //	               at most 256 extents and 2^20 sectors per reply; REQ_ONE
 //	               honoured. Without a selected context: EINVAL.
 //	DISC           finish the requests in flight, then close

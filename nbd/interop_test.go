@@ -408,17 +408,42 @@ print("OK")
 }
 
 // TestInteropBlockStatus: nbdinfo --map and qemu-img map read the
-// base:allocation map of a BTT: zeroed and trimmed sectors are holes
-// reading as zeros, the rest data. A random pattern of zeroed runs is
-// compared extent by extent with what was zeroed.
+// base:allocation map of a BTT on a sparse image file: zeroed and trimmed
+// sectors, and never-written ones (their data blocks are holes of the
+// file), are holes reading as zeros, the rest data. A random pattern of
+// writes and zeroed runs is compared extent by extent with the model.
 func TestInteropBlockStatus(t *testing.T) {
 	nbdinfo := testutil.NeedTool(t, "nbdinfo")
 	qemuImg := testutil.NeedTool(t, "qemu-img")
-	b := newBTT(t, 32<<20)
-	fillRandom(t, b, 3, 100)
+	dev, err := pmem.Open(filepath.Join(t.TempDir(), "sparse.img"), pmem.Options{CreateSize: 32 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(); dev.Close() })
 	n := b.Sectors()
 	zero := make([]bool, n)
+	for i := range zero {
+		zero[i] = true // never written: a hole of the file
+	}
 	r := rand.New(rand.NewPCG(5, 1))
+	p := make([]byte, 16*4096)
+	for range 100 {
+		cnt := 1 + r.Uint64N(16)
+		lba := r.Uint64N(n - cnt)
+		for j := range p {
+			p[j] = byte(r.Uint32())
+		}
+		if err := b.WriteSectors(p[:cnt*4096], lba); err != nil {
+			t.Fatal(err)
+		}
+		for i := range cnt {
+			zero[lba+i] = false
+		}
+	}
 	for range 60 {
 		cnt := 1 + r.Uint64N(40)
 		lba := r.Uint64N(n - cnt)

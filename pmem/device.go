@@ -62,3 +62,15 @@ type Device interface {
 
 // SectorSize is the granularity of badblock tracking, as in the kernel.
 const SectorSize = 512
+
+// Sparse is implemented by devices that know where their backing file
+// has holes: ranges that hold no storage and read as zeros (a new image
+// created sparse, a punched range). Extent reports whether off lies in a
+// hole and how many bytes from off, at most n, are the same (hole or
+// data); a device that cannot tell reports data. The answer is a snapshot:
+// a store into a hole makes it data.
+type Sparse interface {
+	Extent(off, n int64) (hole bool, run int64, err error)
+}
+
+var _ Sparse = (*Window)(nil)

@@ -257,3 +257,32 @@ func (d *mapDev) zeroBytes(off, n int64) error {
 	cacheflush.Fence()
 	return nil
 }
+
+var _ Sparse = (*mapDev)(nil)
+
+// Extent implements Sparse: on a regular file, SEEK_DATA and SEEK_HOLE
+// find the extent holding off. Anything else (/dev/dax, RAM, a file
+// system without hole information) is all data.
+func (d *mapDev) Extent(off, n int64) (hole bool, run int64, err error) {
+	if err := d.check("extent", off, n); err != nil {
+		return false, 0, err
+	}
+	if d.file == nil || n == 0 {
+		return false, n, nil
+	}
+	fd := int(d.file.Fd())
+	next, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	switch {
+	case err == unix.ENXIO: // no data from off to the end of the file
+		return true, n, nil
+	case err != nil: // EINVAL: no hole information
+		return false, n, nil
+	case next > off:
+		return true, min(next-off, n), nil
+	}
+	end, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+	if err != nil || end <= off {
+		return false, n, nil
+	}
+	return false, min(end-off, n), nil
+}

@@ -224,3 +224,67 @@ func TestModes(t *testing.T) {
 		t.Errorf("forced mode %s", f.Mode())
 	}
 }
+
+// TestExtent: a sparse file device reports its holes and data extents
+// (SEEK_HOLE/SEEK_DATA), a window translates them, a punched range becomes
+// a hole, and a RAM device is all data.
+func TestExtent(t *testing.T) {
+	const size = 1 << 20
+	d, _ := openFile(t, t.TempDir(), size)
+	s := d.(pmem.Sparse)
+	if hole, run, err := s.Extent(0, size); err != nil || !hole || run != size {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no hole information on this file system (hole %v, run %d, %v)", hole, run, err)
+		}
+		t.Skipf("no hole information on this file system (hole %v, run %d, %v)", hole, run, err)
+	}
+	if _, err := d.WriteAt([]byte{1}, 256<<10+5); err != nil {
+		t.Fatal(err)
+	}
+	type ext struct {
+		hole bool
+		run  int64
+	}
+	for _, c := range []struct {
+		off, n int64
+		want   ext
+	}{
+		{0, size, ext{true, 256 << 10}},
+		{4096, 8192, ext{true, 8192}},                 // capped at n
+		{256 << 10, size - 256<<10, ext{false, 4096}}, // the page written
+		{256<<10 + 100, 10, ext{false, 10}},
+		{260 << 10, size - 260<<10, ext{true, size - 260<<10}}, // hole to the end
+	} {
+		hole, run, err := s.Extent(c.off, c.n)
+		if err != nil || (ext{hole, run}) != c.want {
+			t.Errorf("Extent(%d, %d) = %v %d %v, want %+v", c.off, c.n, hole, run, err, c.want)
+		}
+	}
+	w, err := pmem.NewWindow(d, 128<<10, 256<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hole, run, err := w.Extent(0, 256<<10); err != nil || !hole || run != 128<<10 {
+		t.Errorf("window Extent(0) = %v %d %v, want a 128 KiB hole", hole, run, err)
+	}
+	if hole, run, err := w.Extent(128<<10, 128<<10); err != nil || hole || run != 4096 {
+		t.Errorf("window Extent(128K) = %v %d %v, want 4 KiB of data", hole, run, err)
+	}
+	if _, _, err := w.Extent(0, 256<<10+1); !errors.Is(err, pmem.ErrOutOfRange) {
+		t.Errorf("window Extent past its end: %v", err)
+	}
+	if err := d.(interface{ ZeroRange(off, n int64) error }).ZeroRange(0, size); err != nil {
+		t.Fatal(err)
+	}
+	if hole, run, err := s.Extent(0, size); err != nil || !hole || run != size {
+		t.Errorf("after punching the whole file: %v %d %v, want one hole", hole, run, err)
+	}
+	ram, err := pmem.NewRAM(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ram.Close()
+	if hole, run, err := ram.(pmem.Sparse).Extent(0, size); err != nil || hole || run != size {
+		t.Errorf("RAM device: %v %d %v, want all data", hole, run, err)
+	}
+}

@@ -94,3 +94,15 @@ func (w *Window) Persist(off, n int64) error {
 	}
 	return w.d.Persist(w.off+off, n)
 }
+
+// Extent implements Sparse through the parent (all data if the parent
+// cannot tell).
+func (w *Window) Extent(off, n int64) (hole bool, run int64, err error) {
+	if err := w.check("extent", off, n); err != nil {
+		return false, 0, err
+	}
+	if s, ok := w.d.(Sparse); ok {
+		return s.Extent(w.off+off, n)
+	}
+	return false, n, nil
+}
