@@ -69,7 +69,8 @@ func (b *BTT) ZeroRun(lba, count uint64) (n uint64, zero bool, err error) {
 			}
 			ext.off, ext.end, ext.hole = off, off+run, isHole
 		}
-		return ext.hole && end <= ext.end
+		// A listed bad block fails the read even in a hole.
+		return ext.hole && end <= ext.end && !b.dev.BadBlocks().Overlaps(off, end-off)
 	}
 	// next classifies one entry; it reports false when the run ends.
 	next := func(a *arena, premap, raw uint32) bool {

@@ -156,6 +156,22 @@ func TestZeroRunSparseFile(t *testing.T) {
 			if n, z, err := b.ZeroRun(0, nlba); err != nil || n != nlba || z == c.garbage {
 				t.Fatalf("new BTT: ZeroRun(0, %d) = %d, %v, %v; want one run, zero %v", nlba, n, z, err, !c.garbage)
 			}
+			if !c.garbage {
+				// A listed bad block fails the read even in a hole: not zero.
+				a := b.Arenas()[0]
+				bad := a.Offset + int64(a.Info.DataOff) + 5*int64(a.Info.InternalLBASize)
+				dev.BadBlocks().Add(bad, 512)
+				if n, z, err := b.ZeroRun(4, 3); err != nil || n != 1 || !z {
+					t.Fatalf("ZeroRun(4, 3) beside a bad block = %d, %v, %v; want 1, true", n, z, err)
+				}
+				if n, z, err := b.ZeroRun(5, 1); err != nil || n != 1 || z {
+					t.Fatalf("ZeroRun(5, 1) on a bad block = %d, %v, %v; want data", n, z, err)
+				}
+				if err := b.ReadSectors(make([]byte, ss), 5); !errors.Is(err, pmem.ErrMedia) {
+					t.Fatalf("read of the bad block: %v", err)
+				}
+				dev.BadBlocks().Clear(bad, 512)
+			}
 			rng := newRand(3)
 			p := make([]byte, 8*ss)
 			for op := 0; op < 300; op++ {

@@ -710,7 +710,6 @@ type budget struct {
 	cond            sync.Cond
 	n, maxN         int
 	bytes, maxBytes int64
-	inflight        atomic.Int32 // n, for readers without mu
 }
 
 func (b *budget) init(maxN int, maxBytes int64) {
@@ -724,7 +723,6 @@ func (b *budget) acquire(size int64) {
 		b.cond.Wait()
 	}
 	b.n++
-	b.inflight.Store(int32(b.n))
 	b.bytes += size
 	b.mu.Unlock()
 }
@@ -737,7 +735,6 @@ func (b *budget) tryAcquire(size int64) bool {
 		return false
 	}
 	b.n++
-	b.inflight.Store(int32(b.n))
 	b.bytes += size
 	return true
 }
@@ -749,7 +746,6 @@ func (b *budget) full(size int64) bool {
 func (b *budget) release(size int64) {
 	b.mu.Lock()
 	b.n--
-	b.inflight.Store(int32(b.n))
 	b.bytes -= size
 	b.mu.Unlock()
 	b.cond.Signal()

@@ -47,6 +47,7 @@ func nbdAttach(disk, addr, dev string, bs int) {
 	if err != nil {
 		die("nbd: %v", err)
 	}
+	defer f.Close() // also keeps f (and nfd) alive through NBD_DO_IT
 	nfd := int(f.Fd())
 	for _, c := range []struct {
 		req uint
