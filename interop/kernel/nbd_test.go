@@ -7,12 +7,25 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/nbd"
 )
+
+// flushCounter counts the server's device flushes (NBD_CMD_FLUSH, and
+// NBD_CMD_FLAG_FUA on other commands).
+type flushCounter struct {
+	*btt.BTT
+	flushes atomic.Int64
+}
+
+func (f *flushCounter) Flush() error {
+	f.flushes.Add(1)
+	return f.BTT.Flush()
+}
 
 // nbdDisk is the guest's disk number for /dev/nbd0 in the report.
 const nbdDisk = 50
@@ -23,8 +36,9 @@ const nbdDisk = 50
 // (restricted: the guest reaches nothing but the forwarded port) carries
 // the guest's connections to 10.0.2.100:10809 to the server on the host's
 // 127.0.0.1. The guest reads what nvblk wrote, writes (single and
-// multi-sector bios), discards a range (NBD_CMD_TRIM), reads everything
-// back and disconnects (NBD_CMD_DISC); afterwards nvblk reads the guest's
+// multi-sector bios), writes with O_DSYNC (FUA) and fsyncs (FLUSH), both
+// seen as device flushes on the server, discards a range (NBD_CMD_TRIM),
+// reads everything back and disconnects (NBD_CMD_DISC); afterwards nvblk reads the guest's
 // writes and zeroes from the BTT, which must check clean.
 func TestKernelNBDClient(t *testing.T) {
 	h := newHarness(t)
@@ -37,7 +51,8 @@ func TestKernelNBDClient(t *testing.T) {
 		write{LBA: 70, Gen: 1, Count: 2}, write{LBA: n - 1, Gen: 1})
 
 	srv := nbd.NewServer(nbd.Options{})
-	if err := srv.AddExport("", "", o.BTT, false); err != nil {
+	dev := &flushCounter{BTT: o.BTT}
+	if err := srv.AddExport("", "", dev, false); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -71,6 +86,7 @@ func TestKernelNBDClient(t *testing.T) {
 		{LBA: 60, Gen: 1, Count: 4},
 		{LBA: n / 2, Gen: 2}, {LBA: n - 2, Gen: 1, Count: 2},
 	}
+	fua := []write{{LBA: 80, Gen: 1}, {LBA: 81, Gen: 1, Count: 2}} // O_DSYNC: FUA writes
 	const trimLBA, trimCount = 60, 12 // over the guest's 60-63, nvblk's 70-71 and never-written sectors
 	var j jobBuilder
 	j.f("nv_modules /etc/nvblk/modules.net")
@@ -80,6 +96,9 @@ func TestKernelNBDClient(t *testing.T) {
 	j.f("nv_phase nbd attached")
 	j.f("guestio write %d /dev/nbd0 4096 %s %s", nbdDisk, im.seed, writeList(guest))
 	im.apply(guest...)
+	j.f("guestio wsync %d /dev/nbd0 4096 %s %s", nbdDisk, im.seed, writeList(fua))
+	im.apply(fua...)
+	j.f("guestio fsync %d /dev/nbd0", nbdDisk)
 	j.f("blkdiscard -o %d -l %d /dev/nbd0 || nv_e %d 'blkdiscard failed'", trimLBA*4096, trimCount*4096, nbdDisk)
 	for i := uint64(0); i < trimCount; i++ {
 		im.gens[trimLBA+i] = 0 // a discarded sector reads as zeroes
@@ -96,6 +115,7 @@ func TestKernelNBDClient(t *testing.T) {
 	rep := h.boot(t, "nbd", nil, j.String(),
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-tcp:127.0.0.1:%d", port),
 		"-device", "virtio-net-pci,netdev=n0")
+	flushes := dev.flushes.Load() // before the server's own flush at shutdown
 	stop()
 
 	if r := rep.first(nbdDisk, "nbd"); len(r) != 2 || r[0] != strconv.FormatUint(n*4096, 10) {
@@ -104,6 +124,11 @@ func TestKernelNBDClient(t *testing.T) {
 	if r := rep.first(nbdDisk, "nbd-done"); len(r) != 1 || r[0] != "true" {
 		t.Errorf("NBD_DO_IT did not end cleanly after the disconnect: %v", r)
 	}
+	// Each FUA write flushes the device once, and the fsync sends a FLUSH.
+	if want := int64(len(fua) + 1); flushes < want {
+		t.Errorf("the server flushed the device %d times during the session, want at least %d (FUA writes and the fsync's FLUSH)", flushes, want)
+	}
+	t.Logf("device flushes during the session: %d", flushes)
 	v := &guestView{sectors: map[uint64][]string{}, scan: parseScan(rep.Records[nbdDisk], "")}
 	for _, r := range rep.Records[nbdDisk]["sector"] {
 		if len(r) == 2 {

@@ -8,6 +8,8 @@
 // follow guest_lib.sh's protocol (@@R DISK KEY VALUES...).
 //
 //	guestio write DISK DEV SS SEED LBA:GEN[:COUNT]...  one O_DIRECT write (one bio) per item
+//	guestio wsync DISK DEV SS SEED LBA:GEN[:COUNT]...  the same with O_DSYNC (FUA writes)
+//	guestio fsync DISK DEV                             fsync (a cache flush): @@R DISK fsync ok
 //	guestio read  DISK DEV SS LBA...                   O_DIRECT, one sector each: @@R DISK sector LBA SHA256|EIO
 //	guestio scan  DISK DEV SS                          the whole device with O_DIRECT, one sector per bio
 //	                                                   segment: @@R DISK nz LBA SHA256 for every sector that
@@ -77,6 +79,18 @@ func main() {
 		nbdAttach(os.Args[2], os.Args[3], os.Args[4], atoi(os.Args[5]))
 		return
 	}
+	if len(os.Args) == 4 && os.Args[1] == "fsync" {
+		f, err := os.OpenFile(os.Args[3], os.O_RDWR, 0)
+		if err != nil {
+			die("%v", err)
+		}
+		if err := f.Sync(); err != nil {
+			die("fsync %s: %v", os.Args[3], err)
+		}
+		f.Close()
+		fmt.Fprintf(out, "@@R %s fsync ok\n", os.Args[2])
+		return
+	}
 	if len(os.Args) == 3 && os.Args[1] == "nbd-disconnect" {
 		nbdDetach(os.Args[2])
 		return
@@ -94,6 +108,8 @@ func main() {
 	switch cmd {
 	case "write":
 		flags = os.O_RDWR | syscall.O_DIRECT
+	case "wsync":
+		flags = os.O_RDWR | syscall.O_DIRECT | syscall.O_DSYNC
 	case "cscan":
 		flags = os.O_RDONLY
 	}
@@ -103,7 +119,7 @@ func main() {
 	}
 	defer f.Close()
 	switch cmd {
-	case "write":
+	case "write", "wsync":
 		if len(args) < 1 {
 			die("write: no seed")
 		}
