@@ -87,7 +87,7 @@ func TestKernelNBDClient(t *testing.T) {
 		{LBA: n / 2, Gen: 2}, {LBA: n - 2, Gen: 1, Count: 2},
 	}
 	fua := []write{{LBA: 80, Gen: 1}, {LBA: 81, Gen: 1, Count: 2}} // O_DSYNC: FUA writes
-	const trimLBA, trimCount = 60, 12 // over the guest's 60-63, nvblk's 70-71 and never-written sectors
+	const trimLBA, trimCount = 60, 12                              // over the guest's 60-63, nvblk's 70-71 and never-written sectors
 	var j jobBuilder
 	j.f("nv_modules /etc/nvblk/modules.net")
 	j.f("ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
