@@ -86,8 +86,10 @@ func TestKernelNBDClient(t *testing.T) {
 		{LBA: 60, Gen: 1, Count: 4},
 		{LBA: n / 2, Gen: 2}, {LBA: n - 2, Gen: 1, Count: 2},
 	}
-	fua := []write{{LBA: 80, Gen: 1}, {LBA: 81, Gen: 1, Count: 2}} // O_DSYNC: FUA writes
-	const trimLBA, trimCount = 60, 12                              // over the guest's 60-63, nvblk's 70-71 and never-written sectors
+	// Written with O_DSYNC: FUA writes.
+	fua := []write{{LBA: 80, Gen: 1}, {LBA: 81, Gen: 1, Count: 2}}
+	// Discarded: the guest's 60-63, nvblk's 70-71 and never-written 64-69.
+	const trimLBA, trimCount = 60, 12
 	var j jobBuilder
 	j.f("nv_modules /etc/nvblk/modules.net")
 	j.f("ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
