@@ -40,8 +40,10 @@ var guestModules = []string{"nfit", "libnvdimm", "nd_pmem", "nd_btt"}
 var guestBlkModules = []string{"virtio_pci", "virtio_blk", "loop"}
 
 // guestNetModules (/etc/nvblk/modules.net) give the guest a virtio network
-// card and the kernel's NBD client, for the NBD check.
-var guestNetModules = []string{"virtio_pci", "virtio_net", "nbd"}
+// card, the kernel's NBD client and ext4 (which mounts ext2; it needs a
+// crc32c driver, which nothing would load on demand here), for the NBD
+// check.
+var guestNetModules = []string{"virtio_pci", "virtio_net", "nbd", "crc32c_generic", "ext4"}
 
 // guestKernel is the kernel the guest boots.
 type guestKernel struct {

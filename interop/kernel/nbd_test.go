@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/nbd"
 )
 
@@ -27,8 +30,8 @@ func (f *flushCounter) Flush() error {
 	return f.BTT.Flush()
 }
 
-// nbdDisk is the guest's disk number for /dev/nbd0 in the report.
-const nbdDisk = 50
+// The guest's disk numbers for /dev/nbd0 and /dev/nbd1 in the report.
+const nbdDisk, nbdFSDisk = 50, 51
 
 // TestKernelNBDClient: Linux's own NBD client (nbd.ko, set up through its
 // ioctls by guestio after a fixed-newstyle NBD_OPT_GO handshake) uses a
@@ -50,9 +53,19 @@ func TestKernelNBDClient(t *testing.T) {
 		write{LBA: 0, Gen: 1}, write{LBA: 1, Gen: 1}, write{LBA: 40, Gen: 1, Count: 3},
 		write{LBA: 70, Gen: 1, Count: 2}, write{LBA: n - 1, Gen: 1})
 
+	// A second export for a file system made and mounted by the guest.
+	fsIm := newImage("nbd-fs", 4096, 4096)
+	fsIm.path = filepath.Join(h.dir, "nbd-fs.img")
+	fsIm.nsSize = 34 * mib
+	fsB := createImage(t, fsIm, btt.V11)
+	defer func() { fsB.close() }()
+
 	srv := nbd.NewServer(nbd.Options{})
 	dev := &flushCounter{BTT: o.BTT}
 	if err := srv.AddExport("", "", dev, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddExport("fs", "", fsB.BTT, false); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -95,6 +108,7 @@ func TestKernelNBDClient(t *testing.T) {
 	j.f("ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
 	j.f("guestio nbd %d 10.0.2.100:10809 /dev/nbd0 4096 &", nbdDisk)
 	j.f("i=0; while [ \"$(cat /sys/block/nbd0/size 2>/dev/null)\" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done")
+	j.f("[ \"$(cat /sys/block/nbd0/size)\" != 0 ] || nv_e %d '/dev/nbd0 not connected after 30 s'", nbdDisk)
 	j.f("nv_phase nbd attached")
 	j.f("guestio write %d /dev/nbd0 4096 %s %s", nbdDisk, im.seed, writeList(guest))
 	im.apply(guest...)
@@ -114,8 +128,26 @@ func TestKernelNBDClient(t *testing.T) {
 	j.f("guestio scan %d /dev/nbd0 4096", nbdDisk)
 	j.f("guestio nbd-disconnect /dev/nbd0")
 	j.f("wait")
+	// ext2 on the second export: make, mount, write two files, unmount,
+	// drop the caches, mount again and hash them (read back through NBD).
+	j.f("nv_phase nbd fs")
+	j.f("guestio nbd %d 10.0.2.100:10810 /dev/nbd1 4096 fs &", nbdFSDisk)
+	j.f("i=0; while [ \"$(cat /sys/block/nbd1/size 2>/dev/null)\" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done")
+	j.f("[ \"$(cat /sys/block/nbd1/size)\" != 0 ] || nv_e %d '/dev/nbd1 not connected after 30 s'", nbdFSDisk)
+	j.f("mke2fs -q -b 4096 /dev/nbd1 || nv_e %d 'mke2fs failed'", nbdFSDisk)
+	j.f("mkdir -p /mnt && mount -t ext4 /dev/nbd1 /mnt || nv_e %d 'mount failed'", nbdFSDisk)
+	j.f("dd if=/dev/urandom of=/mnt/big bs=64k count=64 2>/dev/null && dd if=/dev/urandom of=/mnt/small bs=1000 count=3 2>/dev/null")
+	j.f("for f in big small; do echo \"@@R %d written $f $(sha256sum </mnt/$f | cut -d' ' -f1)\"; done", nbdFSDisk)
+	j.f("umount /mnt && echo 3 >/proc/sys/vm/drop_caches")
+	j.f("mount -t ext4 -o ro /dev/nbd1 /mnt || nv_e %d 'second mount failed'", nbdFSDisk)
+	j.f("for f in big small; do echo \"@@R %d reread $f $(sha256sum </mnt/$f | cut -d' ' -f1)\"; done", nbdFSDisk)
+	j.f("umount /mnt")
+	j.f("guestio nbd-disconnect /dev/nbd1")
+	j.f("wait")
+	// A guestfwd rule is one stream to the server (qemu connects at start),
+	// good for one guest connection: one rule per connection.
 	rep := h.boot(t, "nbd", nil, j.String(),
-		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-tcp:127.0.0.1:%d", port),
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-tcp:127.0.0.1:%d,guestfwd=tcp:10.0.2.100:10810-tcp:127.0.0.1:%d", port, port),
 		"-device", "virtio-net-pci,netdev=n0")
 	flushes := dev.flushes.Load() // before the server's own flush at shutdown
 	stop()
@@ -164,5 +196,53 @@ func TestKernelNBDClient(t *testing.T) {
 	}
 	if out := string(h.nvblkCLI(t, nil, "check", im.path)); !strings.Contains(out, " 0 error(s) found") {
 		t.Errorf("nvblk check after the guest's session: %s", out)
+	}
+	checkGuestFS(t, h, rep, fsIm, fsB)
+}
+
+// checkGuestFS checks the guest's ext2 on the second export: the files
+// hashed the same after a remount, and on the host the file system read
+// back through nvblk passes e2fsck and holds the same files (debugfs).
+func checkGuestFS(t *testing.T, h *harness, rep *guestReport, im *image, o *opened) {
+	t.Helper()
+	written, reread := map[string]string{}, map[string]string{}
+	for _, r := range rep.Records[nbdFSDisk]["written"] {
+		written[r[0]] = r[1]
+	}
+	for _, r := range rep.Records[nbdFSDisk]["reread"] {
+		reread[r[0]] = r[1]
+	}
+	if len(written) != 2 {
+		t.Fatalf("the guest reported %d files written on its ext2 over NBD: %v", len(written), written)
+	}
+	for f, w := range written {
+		if reread[f] != w {
+			t.Errorf("%s: written with sha256 %s, reads %q after a remount", f, w, reread[f])
+		}
+	}
+	if err := o.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	raw := filepath.Join(h.dir, "nbd-fs.raw")
+	p := make([]byte, o.Sectors()*uint64(o.SectorSize()))
+	if err := o.ReadSectors(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(raw, p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e2fsck := testutil.NeedTool(t, "e2fsck")
+	debugfs := testutil.NeedTool(t, "debugfs")
+	if out, err := exec.Command(e2fsck, "-fn", raw).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn of the guest's file system: %v\n%s", err, out)
+	}
+	for f, w := range written {
+		out, err := exec.Command(debugfs, "-R", "cat /"+f, raw).Output()
+		if err != nil || sha(out) != w {
+			t.Errorf("debugfs cat /%s on the host: sha256 %s (%v), the guest wrote %s", f, sha(out), err, w)
+		}
+	}
+	if out := string(h.nvblkCLI(t, nil, "check", im.path)); !strings.Contains(out, " 0 error(s) found") {
+		t.Errorf("nvblk check of the file-system image: %s", out)
 	}
 }

@@ -16,8 +16,8 @@
 //	                                                   is not all zeroes, then @@R DISK scan SECTORS NONZERO
 //	guestio cscan DISK DEV SS                          the same through the page cache (page-sized bio
 //	                                                   segments): cnz and cscan records
-//	guestio nbd   DISK ADDR:PORT DEV BS                connect the kernel NBD client (ioctls) on DEV to the
-//	                                                   server's default export; blocks until disconnected:
+//	guestio nbd   DISK ADDR:PORT DEV BS [NAME]         connect the kernel NBD client (ioctls) on DEV to the
+//	                                                   server's export NAME (default ""); blocks until disconnected:
 //	                                                   @@R DISK nbd SIZE FLAGS, then @@R DISK nbd-done OK
 //	guestio nbd-disconnect DEV                         NBD_DISCONNECT
 //	guestio sum   DISK DEV OFF LEN                     sha256 of LEN bytes from byte OFF (O_DIRECT, 1 MiB
@@ -75,8 +75,12 @@ func atoi(s string) int {
 
 func main() {
 	defer out.Flush()
-	if len(os.Args) == 6 && os.Args[1] == "nbd" {
-		nbdAttach(os.Args[2], os.Args[3], os.Args[4], atoi(os.Args[5]))
+	if (len(os.Args) == 6 || len(os.Args) == 7) && os.Args[1] == "nbd" {
+		name := ""
+		if len(os.Args) == 7 {
+			name = os.Args[6]
+		}
+		nbdAttach(os.Args[2], os.Args[3], os.Args[4], atoi(os.Args[5]), name)
 		return
 	}
 	if len(os.Args) == 4 && os.Args[1] == "fsync" {

@@ -26,11 +26,11 @@ const (
 )
 
 // nbdAttach connects to an NBD server at addr (IPv4:port), negotiates the
-// default export with NBD_OPT_GO (fixed newstyle, no structured replies:
+// export name ("" for the default) with NBD_OPT_GO (fixed newstyle, no structured replies:
 // the kernel's ioctl client speaks simple replies), hands the socket to
 // dev (/dev/nbdN) and serves it until a disconnect: NBD_DO_IT blocks.
 // It prints @@R DISK nbd SIZE FLAGS once the device is set up.
-func nbdAttach(disk, addr, dev string, bs int) {
+func nbdAttach(disk, addr, dev string, bs int, name string) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil || !ap.Addr().Is4() {
 		die("nbd: bad address %q", addr)
@@ -42,7 +42,7 @@ func nbdAttach(disk, addr, dev string, bs int) {
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
 		die("nbd: connect %s: %v", addr, err)
 	}
-	size, flags := nbdHandshake(fd)
+	size, flags := nbdHandshake(fd, name)
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
 		die("nbd: %v", err)
@@ -111,9 +111,9 @@ func writeAll(fd int, b []byte) {
 	}
 }
 
-// nbdHandshake runs the fixed newstyle negotiation for the default export
+// nbdHandshake runs the fixed newstyle negotiation for the export name
 // and returns its size and transmission flags.
-func nbdHandshake(fd int) (size uint64, flags uint16) {
+func nbdHandshake(fd int, name string) (size uint64, flags uint16) {
 	be := binary.BigEndian
 	hello := make([]byte, 18)
 	readFull(fd, hello)
@@ -124,11 +124,13 @@ func nbdHandshake(fd int) (size uint64, flags uint16) {
 		die("nbd: server is not fixed newstyle")
 	}
 	writeAll(fd, []byte{0, 0, 0, 1}) // NBD_FLAG_C_FIXED_NEWSTYLE
-	// NBD_OPT_GO, empty name, no information requests.
-	opt := make([]byte, 16+4+2)
+	// NBD_OPT_GO: the name, no information requests.
+	opt := make([]byte, 16+4+len(name)+2)
 	be.PutUint64(opt, 0x49484156454F5054)
 	be.PutUint32(opt[8:], 7)
-	be.PutUint32(opt[12:], 6)
+	be.PutUint32(opt[12:], uint32(4+len(name)+2))
+	be.PutUint32(opt[16:], uint32(len(name)))
+	copy(opt[20:], name)
 	writeAll(fd, opt)
 	for i := 0; i < 16; i++ {
 		h := make([]byte, 20)
