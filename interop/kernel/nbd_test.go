@@ -36,13 +36,15 @@ const nbdDisk, nbdFSDisk = 50, 51
 // TestKernelNBDClient: Linux's own NBD client (nbd.ko, set up through its
 // ioctls by guestio after a fixed-newstyle NBD_OPT_GO handshake) uses a
 // BTT exported by nvblk's NBD server over TCP. qemu's user network
-// (restricted: the guest reaches nothing but the forwarded port) carries
-// the guest's connections to 10.0.2.100:10809 to the server on the host's
-// 127.0.0.1. The guest reads what nvblk wrote, writes (single and
-// multi-sector bios), writes with O_DSYNC (FUA) and fsyncs (FLUSH), both
-// seen as device flushes on the server, discards a range (NBD_CMD_TRIM),
-// reads everything back and disconnects (NBD_CMD_DISC); afterwards nvblk reads the guest's
-// writes and zeroes from the BTT, which must check clean.
+// (restricted: the guest reaches nothing but the forwarded ports) carries
+// the guest's connections to 10.0.2.100:10809 and :10810 to the server on
+// the host's 127.0.0.1. The guest reads what nvblk wrote, writes (single
+// and multi-sector bios), writes with O_DSYNC (FUA) and fsyncs (FLUSH),
+// both seen as device flushes on the server, discards a range
+// (NBD_CMD_TRIM), reads everything back and disconnects (NBD_CMD_DISC);
+// afterwards nvblk reads the guest's writes and zeroes from the BTT, which
+// must check clean. A second export carries an ext2 file system made,
+// filled and remounted by the guest, which the host checks (checkGuestFS).
 func TestKernelNBDClient(t *testing.T) {
 	h := newHarness(t)
 	im := newImage("nbd-4096", 4096, 4096)
