@@ -108,12 +108,26 @@ func TestKernelNBDClient(t *testing.T) {
 	var j jobBuilder
 	j.f("nv_modules /etc/nvblk/modules.net")
 	j.f("ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
-	j.f("guestio nbd %d 10.0.2.100:10809 /dev/nbd0 4096 &", nbdDisk)
+	// Two connections (multi-conn: one hardware queue each, so the
+	// writers pinned to the two vCPUs use one each).
+	j.f("guestio nbd %d 10.0.2.100:10809,10.0.2.100:10811 /dev/nbd0 4096 &", nbdDisk)
 	j.f("i=0; while [ \"$(cat /sys/block/nbd0/size 2>/dev/null)\" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done")
 	j.f("[ \"$(cat /sys/block/nbd0/size)\" != 0 ] || nv_e %d '/dev/nbd0 not connected after 30 s'", nbdDisk)
 	j.f("nv_phase nbd attached")
 	j.f("guestio write %d /dev/nbd0 4096 %s %s", nbdDisk, im.seed, writeList(guest))
 	im.apply(guest...)
+	var cpu0, cpu1 []write
+	for gen := 1; gen <= 3; gen++ {
+		for i := uint64(0); i < 16; i++ {
+			cpu0 = append(cpu0, write{LBA: 200 + i, Gen: gen})
+			cpu1 = append(cpu1, write{LBA: 300 + i, Gen: gen, Count: 2})
+		}
+	}
+	j.f("taskset -c 0 guestio write %d /dev/nbd0 4096 %s %s & p0=$!", nbdDisk, im.seed, writeList(cpu0))
+	j.f("taskset -c 1 guestio write %d /dev/nbd0 4096 %s %s & p1=$!", nbdDisk, im.seed, writeList(cpu1))
+	j.f("wait $p0 $p1")
+	im.apply(cpu0...)
+	im.apply(cpu1...)
 	j.f("guestio wsync %d /dev/nbd0 4096 %s %s", nbdDisk, im.seed, writeList(fua))
 	im.apply(fua...)
 	j.f("guestio fsync %d /dev/nbd0", nbdDisk)
@@ -149,13 +163,15 @@ func TestKernelNBDClient(t *testing.T) {
 	// A guestfwd rule is one stream to the server (qemu connects at start),
 	// good for one guest connection: one rule per connection.
 	rep := h.boot(t, "nbd", nil, j.String(),
-		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-tcp:127.0.0.1:%d,guestfwd=tcp:10.0.2.100:10810-tcp:127.0.0.1:%d", port, port),
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,"+
+			"guestfwd=tcp:10.0.2.100:10809-tcp:127.0.0.1:%d,guestfwd=tcp:10.0.2.100:10811-tcp:127.0.0.1:%d,"+
+			"guestfwd=tcp:10.0.2.100:10810-tcp:127.0.0.1:%d", port, port, port),
 		"-device", "virtio-net-pci,netdev=n0")
 	flushes := dev.flushes.Load() // before the server's own flush at shutdown
 	stop()
 
-	if r := rep.first(nbdDisk, "nbd"); len(r) != 2 || r[0] != strconv.FormatUint(n*4096, 10) {
-		t.Fatalf("the guest's NBD client reported %v, want the export's %d bytes", r, n*4096)
+	if r := rep.first(nbdDisk, "nbd"); len(r) != 3 || r[0] != strconv.FormatUint(n*4096, 10) || r[2] != "2" {
+		t.Fatalf("the guest's NBD client reported %v, want the export's %d bytes on 2 connections", r, n*4096)
 	}
 	if r := rep.first(nbdDisk, "nbd-done"); len(r) != 1 || r[0] != "true" {
 		t.Errorf("NBD_DO_IT did not end cleanly after the disconnect: %v", r)

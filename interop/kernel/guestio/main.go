@@ -16,9 +16,9 @@
 //	                                                   is not all zeroes, then @@R DISK scan SECTORS NONZERO
 //	guestio cscan DISK DEV SS                          the same through the page cache (page-sized bio
 //	                                                   segments): cnz and cscan records
-//	guestio nbd   DISK ADDR:PORT DEV BS [NAME]         connect the kernel NBD client (ioctls) on DEV to the
+//	guestio nbd   DISK ADDR:PORT[,...] DEV BS [NAME]   connect the kernel NBD client (ioctls) on DEV to the
 //	                                                   server's export NAME (default ""); blocks until disconnected:
-//	                                                   @@R DISK nbd SIZE FLAGS, then @@R DISK nbd-done OK
+//	                                                   @@R DISK nbd SIZE FLAGS CONNS, then @@R DISK nbd-done OK
 //	guestio nbd-disconnect DEV                         NBD_DISCONNECT
 //	guestio sum   DISK DEV OFF LEN                     sha256 of LEN bytes from byte OFF (O_DIRECT, 1 MiB
 //	                                                   reads; both 512-byte multiples):

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,24 +26,40 @@ const (
 	nbdSetFlags      = 0xab0a
 )
 
-// nbdAttach connects to an NBD server at addr (IPv4:port), negotiates the
+// nbdAttach connects to an NBD server at each of addrs (IPv4:port, comma
+// separated: one connection each, which needs NBD_FLAG_CAN_MULTI_CONN),
+// negotiates the
 // export name ("" for the default) with NBD_OPT_GO (fixed newstyle, no structured replies:
 // the kernel's ioctl client speaks simple replies), hands the socket to
 // dev (/dev/nbdN) and serves it until a disconnect: NBD_DO_IT blocks.
-// It prints @@R DISK nbd SIZE FLAGS once the device is set up.
-func nbdAttach(disk, addr, dev string, bs int, name string) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		die("nbd: bad address %q", addr)
+// It prints @@R DISK nbd SIZE FLAGS CONNECTIONS once the device is set up.
+func nbdAttach(disk, addrs, dev string, bs int, name string) {
+	var (
+		socks []int
+		size  uint64
+		flags uint16
+	)
+	for _, addr := range strings.Split(addrs, ",") {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || !ap.Addr().Is4() {
+			die("nbd: bad address %q", addr)
+		}
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		if err != nil {
+			die("nbd: socket: %v", err)
+		}
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+			die("nbd: connect %s: %v", addr, err)
+		}
+		s, fl := nbdHandshake(fd, name)
+		if len(socks) > 0 && (s != size || fl != flags) {
+			die("nbd: connection %d sees %d bytes, flags %#x; the first saw %d, %#x", len(socks), s, fl, size, flags)
+		}
+		if len(socks) > 0 && fl&(1<<8) == 0 {
+			die("nbd: several connections, but the server does not offer NBD_FLAG_CAN_MULTI_CONN")
+		}
+		socks, size, flags = append(socks, fd), s, fl
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err != nil {
-		die("nbd: socket: %v", err)
-	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
-		die("nbd: connect %s: %v", addr, err)
-	}
-	size, flags := nbdHandshake(fd, name)
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
 		die("nbd: %v", err)
@@ -57,13 +74,17 @@ func nbdAttach(disk, addr, dev string, bs int, name string) {
 		{nbdSetSizeBlocks, uintptr(size / uint64(bs))},
 		{nbdSetTimeout, 60},
 		{nbdSetFlags, uintptr(flags)},
-		{nbdSetSock, uintptr(fd)},
 	} {
 		if err := unix.IoctlSetInt(nfd, c.req, int(c.arg)); err != nil {
 			die("nbd: ioctl %#x on %s: %v", c.req, dev, err)
 		}
 	}
-	fmt.Fprintf(out, "@@R %s nbd %d %d\n", disk, size, flags)
+	for _, fd := range socks { // one connection (and hardware queue) each
+		if err := unix.IoctlSetInt(nfd, nbdSetSock, fd); err != nil {
+			die("nbd: NBD_SET_SOCK on %s: %v", dev, err)
+		}
+	}
+	fmt.Fprintf(out, "@@R %s nbd %d %d %d\n", disk, size, flags, len(socks))
 	out.Flush()
 	// Returns when the device is disconnected (NBD_DISCONNECT from
 	// another process, or the server going away).
