@@ -42,6 +42,7 @@ type conn struct {
 	watchSeen atomic.Uint64 // inlineSeq at the watchdog's previous tick
 	out       replyQueue    // replies waiting for the connection's writer
 	ahead     atomic.Int32  // requests buffered after the last one read (about)
+	requests  int64         // requests read (under rmu), for the closing log
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

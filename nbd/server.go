@@ -417,6 +417,8 @@ func (c *conn) serve() (err error) {
 		return nil
 	}
 	err = c.transmit(ex)
+	// transmit returns after its workers: c.requests is final.
+	c.log = c.log.With("export", ex.Name, "requests", c.requests)
 	c.logEnd("transmission", err)
 	return err
 }

@@ -207,6 +207,7 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 	if r.typ == cmdDisc {
 		return j, true, nil // soft disconnect: transmit waits for the workers
 	}
+	c.requests++
 	errno, msg := c.check(&r)
 	j = job{req: r, errno: errno, msg: msg}
 	switch {

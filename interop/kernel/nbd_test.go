@@ -3,12 +3,14 @@ package kernel_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,6 +30,24 @@ type flushCounter struct {
 func (f *flushCounter) Flush() error {
 	f.flushes.Add(1)
 	return f.BTT.Flush()
+}
+
+// lockedBuffer is an io.Writer for a logger shared by goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // The guest's disk numbers for /dev/nbd0 and /dev/nbd1 in the report.
@@ -62,7 +82,8 @@ func TestKernelNBDClient(t *testing.T) {
 	fsB := createImage(t, fsIm, btt.V11)
 	defer func() { fsB.close() }()
 
-	srv := nbd.NewServer(nbd.Options{})
+	var logs lockedBuffer
+	srv := nbd.NewServer(nbd.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	dev := &flushCounter{BTT: o.BTT}
 	if err := srv.AddExport("", "", dev, false); err != nil {
 		t.Fatal(err)
@@ -177,6 +198,29 @@ func TestKernelNBDClient(t *testing.T) {
 		t.Errorf("NBD_DO_IT did not end cleanly after the disconnect: %v", r)
 	}
 	// Each FUA write flushes the device once, and the fsync sends a FLUSH.
+	// Each connection logs its requests when it ends: both connections of
+	// the default export carried some, and the file system's one.
+	busy := map[string]int{}
+	for _, l := range strings.Split(logs.String(), "\n") {
+		var name string
+		var reqs int
+		if !strings.Contains(l, `msg="nbd: connection closed"`) || !strings.HasSuffix(l, " phase=transmission") {
+			continue
+		}
+		if i := strings.Index(l, " export="); i >= 0 {
+			name, _, _ = strings.Cut(l[i+len(" export="):], " ")
+		}
+		if i := strings.Index(l, " requests="); i >= 0 {
+			v, _, _ := strings.Cut(l[i+len(" requests="):], " ")
+			reqs, _ = strconv.Atoi(v)
+		}
+		if reqs > 0 {
+			busy[name]++
+		}
+	}
+	if busy[`""`] != 2 || busy["fs"] != 1 {
+		t.Errorf("connections that carried requests, by export: %v; want 2 for the default export and 1 for fs\n%s", busy, logs.String())
+	}
 	if want := int64(len(fua) + 1); flushes < want {
 		t.Errorf("the server flushed the device %d times during the session, want at least %d (FUA writes and the fsync's FLUSH)", flushes, want)
 	}
