@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -141,7 +142,7 @@ func TestZeroRunSparseFile(t *testing.T) {
 			defer dev.Close()
 			if !c.garbage {
 				if hole, run, err := dev.(pmem.Sparse).Extent(0, size); err != nil || !hole || run != size {
-					if os.Getenv("CI") == "true" {
+					if testutil.InCI() {
 						t.Fatalf("the new file is not sparse here: %v %d %v", hole, run, err)
 					}
 					t.Skipf("the new file is not sparse here (%v %d %v)", hole, run, err)

@@ -3,9 +3,6 @@ package nbd
 import (
 	"bytes"
 	"testing"
-
-	"github.com/nvblk/nvblk/btt"
-	"github.com/nvblk/nvblk/pmem"
 )
 
 // TestMetaContextNegotiation: LIST and SET of base:allocation, the
@@ -225,15 +222,7 @@ func equalExtents(a, b []extent) bool {
 // zeroing writes zero sectors).
 func TestFastZero(t *testing.T) {
 	for _, ss := range []uint32{4096, 512} {
-		dev, err := pmem.NewRAM(20 << 20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: ss})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close(); dev.Close() })
+		b := newBTTSectors(t, 20<<20, ss)
 		ts := startServer(t, Options{}, withExport("", "", b, false))
 		c := connect(t, ts, "", true)
 		if c.flags&FlagSendFastZero == 0 {

@@ -141,13 +141,17 @@ func (d *memDev) snapshot() []byte {
 }
 
 // newBTT returns a BTT with 4096-byte sectors on a RAM device of size bytes.
-func newBTT(t testing.TB, size int64) *btt.BTT {
+func newBTT(t testing.TB, size int64) *btt.BTT { return newBTTSectors(t, size, 4096) }
+
+// newBTTSectors returns a Linux-format BTT with lbasize-byte sectors on a
+// RAM device of size bytes, closed with the test.
+func newBTTSectors(t testing.TB, size int64, lbasize uint32) *btt.BTT {
 	t.Helper()
 	dev, err := pmem.NewRAM(size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: 4096})
+	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: lbasize})
 	if err != nil {
 		dev.Close()
 		t.Fatal(err)

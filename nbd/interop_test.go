@@ -421,7 +421,7 @@ func TestInteropBlockStatus(t *testing.T) {
 	}
 	if hole, run, err := dev.(pmem.Sparse).Extent(0, dev.Size()); err != nil || !hole || run != dev.Size() {
 		dev.Close()
-		if os.Getenv("CI") == "true" {
+		if testutil.InCI() {
 			t.Fatalf("the new image file is not sparse here (%v %d %v)", hole, run, err)
 		}
 		t.Skipf("the new image file is not sparse here (%v %d %v)", hole, run, err)
@@ -538,15 +538,7 @@ func TestInteropBlockStatus(t *testing.T) {
 func TestInteropQemuImgConvertInto(t *testing.T) {
 	qemuImg := testutil.NeedTool(t, "qemu-img")
 	for _, ss := range []uint32{4096, 512} {
-		dev, err := pmem.NewRAM(24 << 20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: ss})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close(); dev.Close() })
+		b := newBTTSectors(t, 24<<20, ss)
 		// Old contents everywhere, so that a missed zeroing shows.
 		old := bytes.Repeat([]byte{0xa5}, int(b.Sectors())*int(ss))
 		if err := b.WriteSectors(old, 0); err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -233,7 +234,7 @@ func TestExtent(t *testing.T) {
 	d, _ := openFile(t, t.TempDir(), size)
 	s := d.(pmem.Sparse)
 	if hole, run, err := s.Extent(0, size); err != nil || !hole || run != size {
-		if os.Getenv("CI") == "true" {
+		if testutil.InCI() {
 			t.Fatalf("no hole information on this file system (hole %v, run %d, %v)", hole, run, err)
 		}
 		t.Skipf("no hole information on this file system (hole %v, run %d, %v)", hole, run, err)

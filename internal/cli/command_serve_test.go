@@ -23,32 +23,14 @@ import (
 	"github.com/nvblk/nvblk/internal/testutil"
 )
 
-// lockedBuffer is an io.Writer safe to read while the command writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 var listenRE = regexp.MustCompile(`listening on (\S+)`)
 
 // runServe starts `nvblk serve args...` in-process and waits for the
 // URI it prints. The returned stop cancels the command's context and
 // returns RunE's error.
-func runServe(t *testing.T, args ...string) (uri string, stdout, stderr *lockedBuffer, stop func() error) {
+func runServe(t *testing.T, args ...string) (uri string, stdout, stderr *testutil.LockedBuffer, stop func() error) {
 	t.Helper()
-	stdout, stderr = &lockedBuffer{}, &lockedBuffer{}
+	stdout, stderr = &testutil.LockedBuffer{}, &testutil.LockedBuffer{}
 	root := NewRoot()
 	root.SetArgs(append([]string{"serve"}, args...))
 	root.SetOut(stdout)
@@ -334,7 +316,7 @@ func TestServeSignal(t *testing.T) {
 	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		sock := filepath.Join(dir, fmt.Sprintf("s%d.sock", i))
 		cmd := exec.CommandContext(ctx, bin, "serve", "--socket", sock, "--size", "32M", img)
-		var stdout, stderr lockedBuffer
+		var stdout, stderr testutil.LockedBuffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		cmd.WaitDelay = 5 * time.Second
 		if err := cmd.Start(); err != nil {

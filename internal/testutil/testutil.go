@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -163,4 +164,23 @@ func Unavailable(t testing.TB, format string, args ...any) {
 		t.Fatalf("required in CI: "+format, args...)
 	}
 	t.Skipf(format, args...)
+}
+
+// LockedBuffer is an io.Writer that may be read (String) while other
+// goroutines write to it: a command's output, a server's log.
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,24 +29,6 @@ type flushCounter struct {
 func (f *flushCounter) Flush() error {
 	f.flushes.Add(1)
 	return f.BTT.Flush()
-}
-
-// lockedBuffer is an io.Writer for a logger shared by goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // The guest's disk numbers for /dev/nbd0 and /dev/nbd1 in the report.
@@ -82,7 +63,7 @@ func TestKernelNBDClient(t *testing.T) {
 	fsB := createImage(t, fsIm, btt.V11)
 	defer func() { fsB.close() }()
 
-	var logs lockedBuffer
+	var logs testutil.LockedBuffer
 	srv := nbd.NewServer(nbd.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	dev := &flushCounter{BTT: o.BTT}
 	if err := srv.AddExport("", "", dev, false); err != nil {
