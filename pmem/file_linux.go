@@ -28,9 +28,19 @@ type Options struct {
 	SysfsRoot string
 	// NoMapSync skips the MAP_SYNC attempt (tests of the fallback path).
 	NoMapSync bool
+	// NoLock skips the lock Open takes on the whole device (see Lock):
+	// for callers that coordinate access themselves, that lock only a
+	// part of the device with Lock, or that look at an image in use
+	// read-only (the CLI's --force-share).
+	NoLock bool
 }
 
 // Open maps the file, block device or /dev/dax character device at path.
+// Unless opt.NoLock is set it locks the whole device, exclusively when
+// it maps it for writing and shared when read-only, and fails with a
+// *LockError (wrapping ErrLocked) when another open holds a conflicting
+// lock, before anything is read or written; the lock is released by
+// Close (or by the kernel when the process dies).
 func Open(path string, opt Options) (Device, error) {
 	flags := os.O_RDWR
 	if opt.ReadOnly {
@@ -92,6 +102,11 @@ func Open(path string, opt Options) (Device, error) {
 	if int64(int(size)) != size {
 		return nil, fmt.Errorf("pmem: %s: size %d does not fit in the address space", path, size)
 	}
+	if !opt.NoLock {
+		if err := lockFile(f, path, !opt.ReadOnly, 0, size, true); err != nil {
+			return nil, err
+		}
+	}
 	prot := unix.PROT_READ
 	if !opt.ReadOnly {
 		prot |= unix.PROT_WRITE
@@ -130,6 +145,7 @@ func Open(path string, opt Options) (Device, error) {
 	if kind == "file" {
 		d.file = f
 	}
+	d.lockFile = f
 	keep = true
 	return d, nil
 }

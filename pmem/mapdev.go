@@ -28,6 +28,7 @@ type mapDev struct {
 	warned   atomic.Bool
 	unmap    func() error
 	file     *os.File // regular files only: for hole punching
+	lockFile *os.File // devices from Open: the descriptor that holds the locks
 }
 
 var _ Device = (*mapDev)(nil)

@@ -196,7 +196,8 @@ func TestOpenErrors(t *testing.T) {
 }
 
 func TestReadOnlyFile(t *testing.T) {
-	_, path := openFile(t, t.TempDir(), 8192)
+	w, path := openFile(t, t.TempDir(), 8192)
+	w.Close()
 	d, err := pmem.Open(path, pmem.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)

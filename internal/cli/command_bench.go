@@ -143,7 +143,7 @@ func benchFunc(cmd *cobra.Command, path string, o *benchOptions) error {
 		return err
 	}
 	readOnly := o.op == "read"
-	bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), readOnly)
+	bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: readOnly})
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,9 @@ Exit status (as fsck): 0 clean, 1 errors corrected, 4 errors left uncorrected,
 			if rewriteLog && !repair {
 				return &ExitError{Code: 16, Err: errors.New("--rewrite-log needs --repair")}
 			}
+			if repair && forceShareOf(cmd) {
+				return &ExitError{Code: 16, Err: errors.New("--force-share is for a read-only look: it cannot be combined with --repair")}
+			}
 			return checkFunc(cmd, args[0], repair, rewriteLog, asJSON)
 		},
 	}
@@ -52,6 +55,7 @@ Exit status (as fsck): 0 clean, 1 errors corrected, 4 errors left uncorrected,
 	f.BoolVar(&rewriteLog, "rewrite-log", false, "rewrite the log in the (0,1) format (with --repair; do not interrupt)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	addPartitionFlag(cmd)
+	addForceShareFlag(cmd)
 	return cmd
 }
 
@@ -78,7 +82,7 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		}
 		return &ExitError{Code: code, Err: err}
 	}
-	dev, err := openTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: !repair})
+	dev, err := openTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: !repair, NoLock: forceShareOf(cmd)})
 	if err != nil {
 		return finish(8, err)
 	}

@@ -64,7 +64,7 @@ func newInfoCommand() *cobra.Command {
 					return err
 				}
 			}
-			bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), true)
+			bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: true, NoLock: forceShareOf(cmd)})
 			if err != nil {
 				return err
 			}
@@ -82,6 +82,7 @@ func newInfoCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addPartitionFlag(cmd)
+	addForceShareFlag(cmd)
 	return cmd
 }
 

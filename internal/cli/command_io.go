@@ -47,6 +47,7 @@ func newReadCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
 	cmd.Flags().Uint64Var(&count, "count", 0, "number of sectors (default: to the end)")
 	addPartitionFlag(cmd)
+	addForceShareFlag(cmd)
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ type DeviceJSON struct {
 	Mode pmem.Mode `json:"mode"` // dax, dax-forced, msync, none
 	// Error says why the device could not be opened.
 	Error string `json:"error,omitempty"`
+	err   error  // the error behind Error
 	// PartitionTable is present when the device holds a partition table,
 	// or a damaged one (then with Error set, and Personality describing
 	// the whole device).
@@ -104,10 +106,12 @@ found by probing the registered block drivers (btt, pmemblk, raw). It never writ
 		RunE: func(cmd *cobra.Command, args []string) error {
 			out := ListJSON{Devices: []DeviceJSON{}}
 			failed := 0
+			var firstErr error
 			for _, p := range args {
-				d := inspectDevice(p)
+				d := inspectDevice(p, forceShareOf(cmd))
 				if d.Error != "" {
 					failed++
+					firstErr = cmp.Or(firstErr, d.err)
 				}
 				out.Devices = append(out.Devices, d)
 			}
@@ -123,21 +127,23 @@ found by probing the registered block drivers (btt, pmemblk, raw). It never writ
 				}
 			}
 			if failed > 0 {
-				return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d device(s) could not be read", failed, len(args))}
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d device(s) could not be read; the first: %w", failed, len(args), firstErr)}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addForceShareFlag(cmd)
 	return cmd
 }
 
-// inspectDevice builds the tree of one PATH, opened read-only.
-func inspectDevice(path string) DeviceJSON {
+// inspectDevice builds the tree of one PATH, opened read-only (without
+// the shared lock when forceShare is set).
+func inspectDevice(path string, forceShare bool) DeviceJSON {
 	d := DeviceJSON{Path: path}
-	dev, err := pmem.Open(path, pmem.Options{ReadOnly: true})
+	dev, err := pmem.Open(path, pmem.Options{ReadOnly: true, NoLock: forceShare})
 	if err != nil {
-		d.Error = err.Error()
+		d.Error, d.err = err.Error(), err
 		return d
 	}
 	defer dev.Close()

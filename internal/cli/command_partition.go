@@ -68,7 +68,7 @@ func parseAddSpec(s string) (partition.Spec, error) {
 func partitionFunc(cmd *cobra.Command, path string, o *partitionOptions) error {
 	out := cmd.OutOrStdout()
 	show := func() error {
-		d := inspectDevice(path)
+		d := inspectDevice(path, false)
 		if o.asJSON {
 			enc := json.NewEncoder(out)
 			enc.SetIndent("", "  ")

@@ -208,6 +208,7 @@ func TestServePartitions(t *testing.T) {
 	img := filepath.Join(dir, "disk.img")
 	mustRun(t, nil, "partition", "--add", "20M:data", "--add", "rest:log", "--size", "48M", img)
 	mustRun(t, nil, "create", "--partition", "2", "--sector-size", "512", img)
+	tb := readTableOf(t, img)
 	sock := filepath.Join(dir, "nbd.sock")
 	uri, stdout, _, stop := runServe(t, "--socket", sock, img)
 	if !strings.Contains(stdout.String(), `NBD export "p2"`) {
@@ -231,7 +232,6 @@ func TestServePartitions(t *testing.T) {
 	for _, e := range list.Exports {
 		got[e.Name] = e.Size
 	}
-	tb := readTableOf(t, img)
 	if got[""] != 48<<20 || got["p1"] != tb.Partitions[0].Size() || got["p2"] == 0 || got["p2"] >= tb.Partitions[1].Size() {
 		t.Errorf("exports %v (p2 is a BTT: smaller than its partition)", got)
 	}

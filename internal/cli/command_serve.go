@@ -79,7 +79,7 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 		return err
 	}
 
-	bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), o.readOnly)
+	bd, drv, dev, err := openBlockTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: o.readOnly})
 	if err != nil {
 		return err
 	}

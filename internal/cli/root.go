@@ -62,9 +62,13 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
 	if err == nil {
 		return 0
+	}
+	if repair, _ := cmd.Flags().GetBool("repair"); cmd.Flags().Lookup(forceShareFlag) != nil && !forceShareOf(cmd) && !repair &&
+		(errors.Is(err, pmem.ErrLocked) || errors.Is(err, pmem.ErrNoLock)) {
+		err = fmt.Errorf("%w (--force-share looks at it read-only without the lock)", err)
 	}
 	fmt.Fprintln(stderr, "nvblk:", err)
 	var ee *ExitError

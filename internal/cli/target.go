@@ -28,6 +28,21 @@ func addPartitionFlag(cmd *cobra.Command) {
 	cmd.Flags().Int(partitionFlag, 0, "address partition N (1-based) of the GPT or MBR on PATH instead of the whole device")
 }
 
+// forceShareFlag is the name of the flag of the read-only commands that
+// skips the lock (qemu-img's -U, --force-share).
+const forceShareFlag = "force-share"
+
+// addForceShareFlag registers --force-share on a read-only command.
+func addForceShareFlag(cmd *cobra.Command) {
+	cmd.Flags().Bool(forceShareFlag, false, "open read-only without taking the shared lock, for a look at an image in use (what it shows may be mid-update)")
+}
+
+// forceShareOf reports whether cmd has --force-share and it was given.
+func forceShareOf(cmd *cobra.Command) bool {
+	v, err := cmd.Flags().GetBool(forceShareFlag)
+	return err == nil && v
+}
+
 // partitionOf returns the --partition value of cmd (0: the whole device).
 func partitionOf(cmd *cobra.Command) int {
 	n, _ := cmd.Flags().GetInt(partitionFlag)
@@ -52,6 +67,14 @@ func (p *partTarget) String() string { return fmt.Sprintf("%s partition %d", p.p
 // opt.CreateSize creates a missing file), or partition part of its
 // partition table as a window (the file must exist). Closing the returned
 // device releases everything openTarget opened.
+//
+// Unless opt.NoLock is set, the opener owns the bytes it addresses (see
+// pmem.Lock): the whole device, or only the partition, so that two
+// processes can each serve a partition of one disk while a whole-device
+// open is refused. A partition's table is read before its range is
+// locked, so it is read again once the lock is held: a table rewritten in
+// between (by a whole-device writer, which the lock now keeps out) fails
+// the open instead of locking stale bytes.
 func openTarget(path string, part int, opt pmem.Options) (pmem.Device, error) {
 	if part < 0 {
 		return nil, &ExitError{Code: 16, Err: fmt.Errorf("--partition %d: partitions are numbered from 1", part)}
@@ -60,38 +83,70 @@ func openTarget(path string, part int, opt pmem.Options) (pmem.Device, error) {
 		return pmem.Open(path, opt)
 	}
 	opt.CreateSize = 0 // a partition needs an existing table
+	lock := !opt.NoLock
+	opt.NoLock = true
 	dev, err := pmem.Open(path, opt)
 	if err != nil {
 		return nil, err
 	}
-	t, err := readTable(dev)
+	w, t, err := partitionWindow(dev, path, part)
+	if err == nil && lock {
+		err = lockPartition(dev, w, path, part)
+	}
 	if err != nil {
 		dev.Close()
-		if errors.Is(err, partition.ErrNoTable) {
-			return nil, fmt.Errorf("%s: --partition %d: %w (create one with `nvblk partition --add SIZE PATH`)", path, part, err)
-		}
-		return nil, fmt.Errorf("%s: --partition %d: %w", path, part, err)
+		return nil, err
 	}
 	if t.FromBackup {
 		slog.Warn("the primary GPT is damaged; partitions were read from the backup (rewrite the table to restore it)", "path", path)
 	}
-	w, err := t.Window(dev, part)
-	if err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("%s: --partition %d: %w", path, part, err)
-	}
 	return &partTarget{Window: w, parent: dev, path: path, number: part}, nil
 }
 
+// lockPartition locks the bytes of window w, partition part of dev, and
+// checks that the table still places the partition there.
+func lockPartition(dev pmem.Device, w *pmem.Window, path string, part int) error {
+	if err := pmem.Lock(w, 0, w.Size()); err != nil {
+		return err
+	}
+	again, _, err := partitionWindow(dev, path, part)
+	if err != nil {
+		return err
+	}
+	_, off0 := w.Parent()
+	_, off1 := again.Parent()
+	if off0 != off1 || w.Size() != again.Size() {
+		return fmt.Errorf("%s: --partition %d: the partition table changed while the partition was being opened; try again", path, part)
+	}
+	return nil
+}
+
+// partitionWindow reads the partition table of dev and returns the
+// window of partition part.
+func partitionWindow(dev pmem.Device, path string, part int) (*pmem.Window, *partition.Table, error) {
+	t, err := readTable(dev)
+	if err != nil {
+		if errors.Is(err, partition.ErrNoTable) {
+			return nil, nil, fmt.Errorf("%s: --partition %d: %w (create one with `nvblk partition --add SIZE PATH`)", path, part, err)
+		}
+		return nil, nil, fmt.Errorf("%s: --partition %d: %w", path, part, err)
+	}
+	w, err := t.Window(dev, part)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: --partition %d: %w", path, part, err)
+	}
+	return w, t, nil
+}
+
 // openBlockTarget is openBlock for a target: it opens the device or
-// partition and the block driver that claims it. Closing the returned
-// pmem.Device releases the whole device.
-func openBlockTarget(path string, part int, readOnly bool) (block.Device, block.Driver, pmem.Device, error) {
-	dev, err := openTarget(path, part, pmem.Options{ReadOnly: readOnly})
+// partition (opt as for openTarget) and the block driver that claims it.
+// Closing the returned pmem.Device releases the whole device.
+func openBlockTarget(path string, part int, opt pmem.Options) (block.Device, block.Driver, pmem.Device, error) {
+	dev, err := openTarget(path, part, opt)
 	if err != nil {
 		return nil, block.Driver{}, nil, err
 	}
-	bd, drv, err := block.Open(dev, block.OpenOptions{ReadOnly: readOnly})
+	bd, drv, err := block.Open(dev, block.OpenOptions{ReadOnly: opt.ReadOnly})
 	if err != nil {
 		dev.Close()
 		return nil, drv, nil, fmt.Errorf("%s: %w", targetName(path, part), err)
@@ -100,9 +155,11 @@ func openBlockTarget(path string, part int, readOnly bool) (block.Device, block.
 }
 
 // withBlock opens the block device at the command's PATH (and
-// --partition), runs fn on it and closes it.
+// --partition, and --force-share on read-only commands), runs fn on it
+// and closes it.
 func withBlock(cmd *cobra.Command, path string, readOnly bool, fn func(bd block.Device) error) error {
-	bd, _, dev, err := openBlockTarget(path, partitionOf(cmd), readOnly)
+	opt := pmem.Options{ReadOnly: readOnly, NoLock: readOnly && forceShareOf(cmd)}
+	bd, _, dev, err := openBlockTarget(path, partitionOf(cmd), opt)
 	if err != nil {
 		return err
 	}
