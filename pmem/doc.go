@@ -21,6 +21,16 @@
 // of msync, as PMDK does (mode "dax-forced"): fast, but durable only if the
 // file really is on persistent memory.
 //
+// # Sharing
+//
+// Open locks what it opens, so that a second writer cannot corrupt an
+// image another process is writing: an open file description lock
+// (F_OFD_SETLK) on the whole device, exclusive for a writable open and
+// shared for a read-only one, plus the flock(2) lock PMDK's tools take.
+// A conflicting open fails with a *LockError (ErrLocked) naming the
+// range and the holder; Options.NoLock skips the lock, and Lock takes it
+// on a part of a device (a partition). See lock_linux.go.
+//
 // # Persistence
 //
 // WriteAt only stores. Flush(off, n) starts the write-back of the cache
