@@ -1,6 +1,14 @@
 package pmem
 
-import "testing"
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
 
 // TestLockConflicts: the lock lines of /proc/PID/fdinfo, as the kernel
 // prints them, against wanted locks.
@@ -30,4 +38,33 @@ func TestLockConflicts(t *testing.T) {
 			t.Errorf("%q vs [%d,+%d) exclusive=%v: %v, want %v", tc.line, tc.off, tc.n, tc.exclusive, got, tc.want)
 		}
 	}
+}
+
+// TestNoLockSupport: where the file system cannot lock (fcntl fails
+// with ENOLCK, as NFS without a lock manager does), Open refuses and
+// says why; NoLock still opens.
+func TestNoLockSupport(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(path, make([]byte, 1<<16), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	saved := setLock
+	setLock = func(int, *unix.Flock_t) error { return unix.ENOLCK }
+	defer func() { setLock = saved }()
+	for _, ro := range []bool{false, true} {
+		d, err := Open(path, Options{ReadOnly: ro})
+		if err == nil {
+			d.Close()
+			t.Fatalf("read-only=%v: opened without a lock", ro)
+		}
+		if !errors.Is(err, ErrNoLock) || errors.Is(err, ErrLocked) ||
+			!strings.Contains(err.Error(), "does not support locks") || !strings.Contains(err.Error(), path) {
+			t.Fatalf("read-only=%v: %v", ro, err)
+		}
+	}
+	d, err := Open(path, Options{NoLock: true})
+	if err != nil {
+		t.Fatalf("NoLock: %v", err)
+	}
+	d.Close()
 }

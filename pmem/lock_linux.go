@@ -106,6 +106,12 @@ func Lock(d Device, off, n int64) error {
 	return lockFile(m.lockFile, m.name, !m.readOnly, off, n, false)
 }
 
+// setLock is fcntl(F_OFD_SETLK); a variable so that a test can play a
+// file system without lock support.
+var setLock = func(fd int, lk *unix.Flock_t) error {
+	return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, lk)
+}
+
 // lockFile takes the OFD lock on [off, off+n) of f (exclusive or
 // shared) and, when whole is set, the flock that keeps PMDK's tools out.
 // name is the path in errors.
@@ -117,7 +123,7 @@ func lockFile(f *os.File, name string, exclusive bool, off, n int64, whole bool)
 	}
 	lk := unix.Flock_t{Type: typ, Whence: 0, Start: off, Len: n}
 	lerr := &LockError{Path: name, Off: off, Len: n, Exclusive: exclusive}
-	if err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk); err != nil {
+	if err := setLock(fd, &lk); err != nil {
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
 			lerr.Holder = lockHolder(fd, off, n, exclusive)
 			return lerr
