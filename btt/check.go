@@ -411,77 +411,10 @@ func (c *checker) arenaInfo(i int, off int64) (Info, bool) {
 func (c *checker) checkArena(a *arena) {
 	dev := c.dev
 	i := a.idx
-	// Log padding.
-	idx, err := detectPadding(dev, a)
-	if err != nil {
-		c.errorf(i, a.logOff, CodePadding, "", "unable to deduce log/padding indices: %v", err)
+	// 1. Log entries (and the log repair).
+	lanes, logOK := c.checkLog(a)
+	if lanes == nil {
 		return
-	}
-	a.logIdx = idx
-	if idx == [2]int{0, 2} {
-		c.add(Finding{Severity: SevInfo, Code: CodeOldPadding, Arena: i, Offset: a.logOff,
-			Message: "the log uses the pre-4.15 (0,2) padding; Linux before 4.15 and after read it, --rewrite-log converts it to (0,1)"})
-	}
-	// 1. Log entries.
-	type laneState struct {
-		cur   LogEntry
-		valid bool
-	}
-	lanes := make([]laneState, a.nfree)
-	var g [4]LogEntry
-	gb := make([]byte, LogGroupSize)
-	logOK := true
-	flagged := 0
-	for lane := uint32(0); lane < a.nfree; lane++ {
-		goff := a.logOff + int64(lane)*LogGroupSize
-		if err := readGroup(dev, a, lane, &g, gb); err != nil {
-			c.errorf(i, goff, CodeReadFailed, "", "cannot read the log group of lane %d: %v", lane, err)
-			logOK = false
-			continue
-		}
-		s0, s1 := g[idx[0]].Seq, g[idx[1]].Seq
-		if s0 == s1 {
-			c.errorf(i, goff, CodeLogEqlSeq, "", "lane %d: pair of log entries with the same sequence number %d", lane, s0)
-			logOK = false
-			continue
-		}
-		if s0 > 3 || s1 > 3 {
-			c.errorf(i, goff, CodeLogOOBSeq, "", "lane %d: log entry with an out of bounds sequence number (%d, %d)", lane, s0, s1)
-			logOK = false
-			continue
-		}
-		cur, _, ok := currentEntry(&g, idx)
-		if !ok {
-			c.errorf(i, goff, CodeLogOOBSeq, "", "lane %d: sequence numbers (%d, %d) name no current entry", lane, s0, s1)
-			logOK = false
-			continue
-		}
-		old, nw := cur.OldMap&mapLBAMask, cur.NewMap&mapLBAMask
-		bad := false
-		if cur.LBA >= a.extNLBA {
-			c.errorf(i, goff, CodeLogOOBLBA, "", "lane %d: log entry with an out-of-bounds LBA %d (external_nlba %d)", lane, cur.LBA, a.extNLBA)
-			bad = true
-		}
-		if old >= a.intNLBA {
-			c.errorf(i, goff, CodeLogOOBOld, "", "lane %d: log entry with an out-of-bounds 'old' mapping %d (internal_nlba %d)", lane, old, a.intNLBA)
-			bad = true
-		}
-		if nw >= a.intNLBA {
-			c.errorf(i, goff, CodeLogOOBNew, "", "lane %d: log entry with an out-of-bounds 'new' mapping %d (internal_nlba %d)", lane, nw, a.intNLBA)
-			bad = true
-		}
-		if (cur.OldMap|cur.NewMap)&^mapLBAMask != 0 {
-			flagged++
-		}
-		if bad {
-			logOK = false
-			continue
-		}
-		lanes[lane] = laneState{cur: cur, valid: true}
-	}
-	if flagged > 0 && !c.opt.PMDK {
-		c.add(Finding{Severity: SevInfo, Code: CodeLogFlags, Arena: i, Offset: a.logOff,
-			Message: fmt.Sprintf("%d lane(s) carry flag bits in log map fields (E: a remembered media error, Z|E: another implementation's style); masked, as Linux does", flagged)})
 	}
 	// 2-3. Log vs map: a committed write whose map update was lost. The
 	// roll-forward is simulated for the map and bitmap checks (10.8.4).

@@ -203,7 +203,7 @@ func Cases() []Case {
 			},
 		},
 		{
-			Name: "equal-seq", Size: 20 * mib, Codes: []string{btt.CodeLogEqlSeq}, Exit: 4, RepairExit: 4,
+			Name: "equal-seq", Size: 20 * mib, Codes: []string{btt.CodeLogEqlSeq}, Exit: 4, RepairExit: 1,
 			Build: func(d pmem.Device) error {
 				b, err := v11(d)
 				if err != nil {
@@ -221,7 +221,7 @@ func Cases() []Case {
 			},
 		},
 		{
-			Name: "oob-seq", Size: 20 * mib, Codes: []string{btt.CodeLogOOBSeq}, Exit: 4, RepairExit: 4,
+			Name: "oob-seq", Size: 20 * mib, Codes: []string{btt.CodeLogOOBSeq}, Exit: 4, RepairExit: 1,
 			Build: func(d pmem.Device) error {
 				b, err := v11(d)
 				if err != nil {
@@ -393,7 +393,176 @@ func Cases() []Case {
 			Name: "truncated", Size: 20 * mib, Truncate: 12 * mib, Codes: []string{btt.CodeGeometry}, Exit: 4, RepairExit: 4,
 			Build: func(d pmem.Device) error { _, err := v11(d); return err },
 		},
+		{
+			// One non-zero byte in a padding slot of an idle lane: Linux
+			// cannot deduce the log layout and refuses the whole device.
+			Name: "log-padding-byte", Size: 20 * mib, Codes: []string{btt.CodePadding}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				return damageLog(d, func(logOff int64, written, idle []int) error {
+					_, err := d.WriteAtPersist([]byte{0x01}, logOff+int64(idle[0])*btt.LogGroupSize+3*btt.LogEntrySize+9)
+					return err
+				})
+			},
+		},
+		{
+			// The current entry of a written lane is garbage (a torn or
+			// scribbled entry whose sequence number survived).
+			Name: "log-torn-current", Size: 20 * mib, Codes: []string{btt.CodeLogOOBLBA}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				return damageLog(d, func(logOff int64, written, idle []int) error {
+					slot, e, err := currentSlot(d, logOff, written[0])
+					if err != nil {
+						return err
+					}
+					e.LBA, e.OldMap, e.NewMap = 0xdeadbeef, 0x0badf00d, 0x3ffffff0
+					return putEntry(d, logOff+int64(written[0])*btt.LogGroupSize+int64(slot)*btt.LogEntrySize, e)
+				})
+			},
+		},
+		{
+			// Both entries of a written lane carry one sequence number.
+			Name: "log-dup-seq", Size: 20 * mib, Codes: []string{btt.CodeLogEqlSeq}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				return damageLog(d, func(logOff int64, written, idle []int) error {
+					slot, e, err := currentSlot(d, logOff, written[0])
+					if err != nil {
+						return err
+					}
+					other, off, err := logEntry(d, logOff, written[0], 1-slot)
+					if err != nil {
+						return err
+					}
+					other.Seq = e.Seq
+					return putEntry(d, off, other)
+				})
+			},
+		},
+		{
+			// An impossible sequence pair on a written lane.
+			Name: "log-invalid-pair", Size: 20 * mib, Codes: []string{btt.CodeLogOOBSeq}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				return damageLog(d, func(logOff int64, written, idle []int) error {
+					slot, _, err := currentSlot(d, logOff, written[0])
+					if err != nil {
+						return err
+					}
+					other, off, err := logEntry(d, logOff, written[0], 1-slot)
+					if err != nil {
+						return err
+					}
+					other.Seq = 5
+					return putEntry(d, off, other)
+				})
+			},
+		},
+		{
+			// Several lanes at once: a padding byte, a scribbled written
+			// lane, an idle lane with equal sequence numbers.
+			Name: "log-several-lanes", Size: 20 * mib, Codes: []string{btt.CodeLogEqlSeq, btt.CodeLogOOBNew, btt.CodePadding}, Exit: 4, RepairExit: 1,
+			Build: func(d pmem.Device) error {
+				return damageLog(d, func(logOff int64, written, idle []int) error {
+					if _, err := d.WriteAtPersist([]byte{0x80}, logOff+int64(idle[1])*btt.LogGroupSize+2*btt.LogEntrySize); err != nil {
+						return err
+					}
+					slot, e, err := currentSlot(d, logOff, written[0])
+					if err != nil {
+						return err
+					}
+					e.NewMap = 0x3fffff00
+					if err := putEntry(d, logOff+int64(written[0])*btt.LogGroupSize+int64(slot)*btt.LogEntrySize, e); err != nil {
+						return err
+					}
+					e0, off, err := logEntry(d, logOff, idle[2], 0)
+					if err != nil {
+						return err
+					}
+					e0.Seq = 2
+					if err := putEntry(d, off, e0); err != nil {
+						return err
+					}
+					return putEntry(d, off+btt.LogEntrySize, e0)
+				})
+			},
+		},
 	}
+}
+
+// damageLog builds a v1.1 BTT with LBA i holding byte i+1 for i < 16
+// (see fresh) and calls damage with the log offset of arena 0, the
+// lanes the writes went through and some lanes never used.
+func damageLog(d pmem.Device, damage func(logOff int64, written, idle []int) error) error {
+	b, err := fresh(d, btt.V11, 4096, 0)
+	if err != nil {
+		return err
+	}
+	_, _, logOff, _, _ := arena(b, 0)
+	written, idle, err := laneUse(d, logOff, btt.DefaultNFree)
+	if err != nil {
+		return err
+	}
+	return damage(logOff, written, idle)
+}
+
+// laneUse sorts the lanes of the (0,1) log at logOff into those that
+// carried writes and those never used (slot 0 holds the creation entry).
+func laneUse(d pmem.Device, logOff int64, nfree int) (written, idle []int, err error) {
+	for lane := 0; lane < nfree; lane++ {
+		slot, e, err := currentSlot(d, logOff, lane)
+		if err != nil {
+			return nil, nil, err
+		}
+		if slot == 0 && e.Seq == 1 {
+			idle = append(idle, lane)
+		} else {
+			written = append(written, lane)
+		}
+	}
+	if len(written) == 0 || len(idle) < 3 {
+		return nil, nil, fmt.Errorf("bttfixture: %d written and %d idle lanes", len(written), len(idle))
+	}
+	return written, idle, nil
+}
+
+// DamageLanes damages the (0,1) log at logOff (nfree lanes) the way the
+// log-* fixtures do, all at once: a non-zero byte in a padding slot of an
+// idle lane, equal sequence numbers on a written lane, and an impossible
+// sequence number on another idle lane. Linux and nvblk then refuse the
+// arena; check --repair can rebuild it.
+func DamageLanes(d pmem.Device, logOff int64, nfree int) error {
+	written, idle, err := laneUse(d, logOff, nfree)
+	if err != nil {
+		return err
+	}
+	if _, err := d.WriteAtPersist([]byte{0x01}, logOff+int64(idle[0])*btt.LogGroupSize+3*btt.LogEntrySize+9); err != nil {
+		return err
+	}
+	slot, e, err := currentSlot(d, logOff, written[0])
+	if err != nil {
+		return err
+	}
+	other, off, err := logEntry(d, logOff, written[0], 1-slot)
+	if err != nil {
+		return err
+	}
+	other.Seq = e.Seq
+	if err := putEntry(d, off, other); err != nil {
+		return err
+	}
+	e0, off, err := logEntry(d, logOff, idle[1], 0)
+	if err != nil {
+		return err
+	}
+	e0.Seq = 6
+	return putEntry(d, off, e0)
+}
+
+// WrittenData is what every sector of a fixture built by fresh holds:
+// LBA i < 16 is byte i+1, the rest zeros.
+func WrittenData(lba uint64, sectorSize int) []byte {
+	if lba < 16 {
+		return bytes.Repeat([]byte{byte(lba + 1)}, sectorSize)
+	}
+	return make([]byte, sectorSize)
 }
 
 // buildPadCompat reproduces ndctl's test/btt-pad-compat.xxd: a 64 MiB

@@ -126,11 +126,17 @@ func (im *image) disk() vmDisk {
 // window of the file (the label area excluded).
 type opened struct {
 	*btt.BTT
-	file pmem.Device
-	ns   pmem.Device
+	file   pmem.Device
+	ns     pmem.Device
+	closed bool
 }
 
+// close releases the image (and its lock); a second call does nothing.
 func (o *opened) close() {
+	if o.closed {
+		return
+	}
+	o.closed = true
 	o.BTT.Close()
 	o.ns.Close()
 	o.file.Close()

@@ -285,6 +285,7 @@ func checkGuestFS(t *testing.T, h *harness, rep *guestReport, im *image, o *open
 			t.Errorf("debugfs cat /%s on the host: sha256 %s (%v), the guest wrote %s", f, sha(out), err, w)
 		}
 	}
+	o.close() // the image is nvblk check's now (one writer per image)
 	if out := string(h.nvblkCLI(t, nil, "check", im.path)); !strings.Contains(out, " 0 error(s) found") {
 		t.Errorf("nvblk check of the file-system image: %s", out)
 	}
