@@ -16,8 +16,10 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/bttfixture"
 	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/interop/kernel/nslabel"
+	"github.com/nvblk/nvblk/pmem"
 )
 
 // harness holds what every boot needs.
@@ -427,6 +429,36 @@ func (h *harness) nvblkCheckHook(t *testing.T, im *image, ndctlClean bool) {
 	}
 }
 
+// prepareRepaired makes an nvblk BTT, writes nvblkPlan on it, damages
+// three lanes of its log as the log fixtures do (a padding byte, equal
+// and impossible sequence numbers: Linux refuses such a log), and repairs
+// it with nvblk check --repair, so that the kernel attaching it in boot 1
+// shows the repaired log is one Linux reads.
+func prepareRepaired(t *testing.T, h *harness, im *image) {
+	t.Helper()
+	o := createImage(t, im, btt.V11)
+	writeNvblk(t, im, o, nvblkPlan(o.Sectors())...)
+	a := o.Arenas()[0]
+	o.close()
+	dev, err := pmem.Open(im.path, pmem.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bttfixture.DamageLanes(dev, im.nsOff+a.Offset+int64(a.Info.LogOff), int(a.Info.NFree))
+	dev.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(h.nvblk, "check", "--repair", im.path).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || strings.Count(string(out), "[repaired") != 3 {
+		t.Fatalf("%s: nvblk check --repair of the damaged log: %v\n%s", im.name, err, out)
+	}
+	if out, err := exec.Command(h.nvblk, "check", im.path).CombinedOutput(); err != nil {
+		t.Fatalf("%s: nvblk check after the repair: %v\n%s", im.name, err, out)
+	}
+}
+
 // TestKernel runs nvblk against the Linux kernel's nd_btt under qemu, in
 // two boots (see README.md):
 //
@@ -479,10 +511,11 @@ func TestKernel(t *testing.T) {
 		n11m  = add(newImage("n11-4160", 4096, 4160), 0, false)        // nvblk Go API
 		crash = add(newImage("crash-4096", 4096, 4096), 0, false)
 		media = add(newImage("media-4096", 4096, 4096), 0, false)
-		n11a  = add(newImage("n11-arenas", 4096, 4096), 0, false) // nvblk Go API, two 16 MiB arenas; the kernel writes too
+		n11a  = add(newImage("n11-arenas", 4096, 4096), 0, false)    // nvblk Go API, two 16 MiB arenas; the kernel writes too
+		rep11 = add(newImage("repaired-4096", 4096, 4096), 0, false) // nvblk Go API, log damaged, then nvblk check --repair
 	)
 	kernelMade := []*image{k11, k11m, k20, k20s}
-	disks1 := []*image{k11, k11m, k20, k20s, n11, n11b, n11m, crash, media, n11a}
+	disks1 := []*image{k11, k11m, k20, k20s, n11, n11b, n11m, crash, media, n11a, rep11}
 
 	prepStart := time.Now()
 	// n11-512 through the command line: create, write, zero, info.
@@ -533,6 +566,7 @@ func TestKernel(t *testing.T) {
 			write{LBA: arenaEdge - 2, Gen: 3, Count: 4}, write{LBA: arenaEdge + 5, Gen: 1})...)
 		o.close()
 	}
+	prepareRepaired(t, h, rep11)
 	crashX, crashY, crashOld := prepareCrash(t, crash)
 	mediaX, mediaY, mediaOff := prepareMedia(t, media)
 	t.Logf("boot 1 images prepared in %s", time.Since(prepStart).Round(time.Millisecond))
@@ -597,8 +631,8 @@ func TestKernel(t *testing.T) {
 		views1[im] = view(t, rep1, im.slot, im.name)
 	}
 
-	// ---- 1. nvblk -> kernel (BTT 1.1 made by nvblk) ----
-	for _, im := range []*image{n11, n11b, n11m, n11a} {
+	// ---- 1. nvblk -> kernel (BTT 1.1 made by nvblk; one repaired by nvblk check) ----
+	for _, im := range []*image{n11, n11b, n11m, n11a, rep11} {
 		t.Run("nvblk-to-kernel/"+im.name, func(t *testing.T) {
 			v := views1[im]
 			o := openImage(t, im, true)
