@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nvblk/nvblk/pmem"
 )
@@ -118,15 +119,26 @@ type Report struct {
 	Errors    int       `json:"errors"`   // errors found
 	Repaired  int       `json:"repaired"` // errors repaired
 	Remaining int       `json:"remaining"`
+	// Unreadable counts the metadata reads that failed (media errors, a
+	// truncated file): the check could not see everything.
+	Unreadable int `json:"unreadable"`
+	// ErrorSectors and ZeroSectors count the sectors in the error state
+	// (reads fail until rewritten) and the zero state: legal states,
+	// reported as notices.
+	ErrorSectors uint64 `json:"error_sectors"`
+	ZeroSectors  uint64 `json:"zero_sectors"`
 }
 
 // Clean reports whether no error was found.
 func (r *Report) Clean() bool { return r.Errors == 0 }
 
 // ExitCode is the fsck-style status: 0 clean, 1 errors corrected, 4
-// errors left uncorrected.
+// errors left uncorrected, 8 when part of the metadata could not be read
+// at all (an operational error: a repair cannot help).
 func (r *Report) ExitCode() int {
 	switch {
+	case r.Unreadable > 0:
+		return 8
 	case r.Errors == 0:
 		return 0
 	case r.Remaining == 0:
@@ -146,6 +158,9 @@ type checker struct {
 
 func (c *checker) add(f Finding) {
 	c.rep.Findings = append(c.rep.Findings, f)
+	if f.Code == CodeReadFailed {
+		c.rep.Unreadable++
+	}
 	if f.Severity == SevError {
 		c.rep.Errors++
 		if f.Repaired {
@@ -356,6 +371,7 @@ func (c *checker) recoverFirst(off int64) (Info, int64, bool) {
 func (c *checker) walkArenas(first Info) {
 	off := c.initOff
 	lbasize := first.ExternalLBASize
+	var extStart uint64 // the device LBA of the arena's first sector
 	for i := 0; i < maxArenas; i++ {
 		var ib Info
 		if i == 0 {
@@ -377,6 +393,8 @@ func (c *checker) walkArenas(first Info) {
 			c.errorf(i, off, CodeGeometry, "", "problem parsing arena[%d] metadata: %s", i, msg)
 			return // the walk cannot continue past an arena it cannot trust
 		}
+		a.extStart = extStart
+		extStart += uint64(a.extNLBA)
 		if a.errFlag {
 			c.errorf(i, off, CodeErrorFlag, "", "info block error flag is set: the arena is read-only (Linux stops writing to it)")
 		}
@@ -460,6 +478,7 @@ func (c *checker) checkArena(a *arena) {
 		return true
 	}
 	var nZero, nErr, oob uint64
+	var zLBAs, eLBAs []uint32 // the first few of each state
 	chunk := make([]byte, 4096)
 	mapOK := true
 	for start := uint32(0); start < a.extNLBA; start += 1024 {
@@ -474,9 +493,13 @@ func (c *checker) checkArena(a *arena) {
 			p, st := decodeMap(binary.LittleEndian.Uint32(chunk[4*k:]), premap)
 			switch st {
 			case MapZero:
-				nZero++
+				if nZero++; len(zLBAs) < maxStateLBAs {
+					zLBAs = append(zLBAs, premap)
+				}
 			case MapError:
-				nErr++
+				if nErr++; len(eLBAs) < maxStateLBAs {
+					eLBAs = append(eLBAs, premap)
+				}
 			}
 			if nw, ok := rollfwd[premap]; ok {
 				p = nw
@@ -497,10 +520,16 @@ func (c *checker) checkArena(a *arena) {
 	if oob > maxBitmapFindings {
 		c.errorf(i, a.mapOff, CodeMapOOB, "", "%d more out-of-bounds map entries not listed", oob-maxBitmapFindings)
 	}
-	if nZero+nErr > 0 {
+	if nErr > 0 {
 		c.add(Finding{Severity: SevInfo, Code: CodeMapStates, Arena: i, Offset: a.mapOff,
-			Message: fmt.Sprintf("%d sector(s) in the zero state, %d in the error state (reads fail until rewritten)", nZero, nErr)})
+			Message: fmt.Sprintf("%d sector(s) in the error state: reads of them fail until they are rewritten (%s)", nErr, lbaList(a, eLBAs, nErr))})
 	}
+	if nZero > 0 {
+		c.add(Finding{Severity: SevInfo, Code: CodeMapStates, Arena: i, Offset: a.mapOff,
+			Message: fmt.Sprintf("%d sector(s) in the zero state: they read as zeros (%s)", nZero, lbaList(a, zLBAs, nZero))})
+	}
+	c.rep.ErrorSectors += nErr
+	c.rep.ZeroSectors += nZero
 	// 4. info2.
 	prim := make([]byte, InfoSize)
 	sec := make([]byte, InfoSize)
@@ -534,6 +563,29 @@ func (c *checker) checkArena(a *arena) {
 		}
 		c.rewriteLog(a, cur)
 	}
+}
+
+// maxStateLBAs bounds the LBAs listed per state in a map-states notice.
+const maxStateLBAs = 8
+
+// lbaList names the device LBAs of arena premaps: "LBA 5, 17" or
+// "first LBAs 5, 17, ..." when there are more than listed.
+func lbaList(a *arena, premaps []uint32, n uint64) string {
+	var b strings.Builder
+	if uint64(len(premaps)) < n {
+		b.WriteString("first ")
+	}
+	b.WriteString("LBA")
+	if len(premaps) > 1 {
+		b.WriteString("s")
+	}
+	for k, p := range premaps {
+		if k > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, " %d", a.extStart+uint64(p))
+	}
+	return b.String()
 }
 
 // reportBitmap names the blocks referenced twice (finding who references

@@ -2,6 +2,8 @@ package btt_test
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
 	"slices"
 	"testing"
 
@@ -230,5 +232,67 @@ func TestCheckRandomFlips(t *testing.T) {
 	}
 	if dirty == 0 {
 		t.Fatal("300 rounds of flips and the checker never found anything")
+	}
+}
+
+// TestCheckListsSectorStates: sectors in the error and zero states are
+// legal, so the check exits 0, but it says how many there are and names
+// the first LBAs (device LBAs, in any arena), and counts them.
+func TestCheckListsSectorStates(t *testing.T) {
+	dev := newRAM(t, 32<<20+4096)
+	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: 4096, MaxArenaSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge := b.Arenas()[1].ExternalStart
+	if err := b.SetError(3, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetError(edge+1, 1); err != nil {
+		t.Fatal(err)
+	}
+	for k := uint64(0); k < 12; k++ {
+		if err := b.ZeroSectors(20+2*k, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := btt.Check(dev, btt.CheckOptions{})
+	if err != nil || rep.ExitCode() != 0 {
+		t.Fatalf("exit %d, %v\n%s", rep.ExitCode(), err, findings(rep))
+	}
+	if rep.ErrorSectors != 3 || rep.ZeroSectors != 12 {
+		t.Errorf("error sectors %d (want 3), zero sectors %d (want 12)", rep.ErrorSectors, rep.ZeroSectors)
+	}
+	all := findings(rep)
+	for _, want := range []string{
+		"2 sector(s) in the error state: reads of them fail until they are rewritten (LBAs 3, 4)",
+		fmt.Sprintf("1 sector(s) in the error state: reads of them fail until they are rewritten (LBA %d)", edge+1),
+		"12 sector(s) in the zero state: they read as zeros (first LBAs 20, 22, 24, 26, 28, 30, 32, 34)",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("missing %q in\n%s", want, all)
+		}
+	}
+}
+
+// TestCheckUnreadableIsOperational: metadata the media cannot deliver
+// (a bad block under the map) is an operational error, exit 8, with or
+// without --repair, not "errors left, run with --repair" (4).
+func TestCheckUnreadableIsOperational(t *testing.T) {
+	dev := newRAM(t, 20<<20)
+	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := b.Arenas()[0]
+	dev.BadBlocks().Add(a.Offset+int64(a.Info.MapOff)+8192, 512)
+	for _, repair := range []bool{false, true} {
+		rep, err := btt.Check(dev, btt.CheckOptions{Repair: repair})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Unreadable == 0 || rep.ExitCode() != 8 {
+			t.Errorf("repair=%v: unreadable %d, exit %d, want 8\n%s", repair, rep.Unreadable, rep.ExitCode(), findings(rep))
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -101,9 +102,9 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 	}
 	res.Report = rep
 	if !asJSON {
-		fmt.Fprintf(out, "%s: %s, %d arena(s): %d error(s) found, %d repaired, %d remaining\n",
-			path, what, rep.Arenas, rep.Errors, rep.Repaired, rep.Remaining)
-		if rep.Remaining > 0 && !repair {
+		fmt.Fprintf(out, "%s: %s, %d arena(s): %d error(s) found, %d repaired, %d remaining%s\n",
+			path, what, rep.Arenas, rep.Errors, rep.Repaired, rep.Remaining, checkNotices(rep))
+		if rep.Remaining > 0 && !repair && rep.Unreadable == 0 {
 			fmt.Fprintln(out, "run with --repair to fix what can be fixed safely")
 		}
 	}
@@ -112,6 +113,23 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		return finish(0, nil)
 	}
 	return finish(code, nil)
+}
+
+// checkNotices is what the summary line adds beyond errors: sectors in
+// the error and zero states (legal, but a whole-device read fails on the
+// former) and metadata that could not be read at all.
+func checkNotices(rep *btt.Report) string {
+	var b strings.Builder
+	if rep.Unreadable > 0 {
+		fmt.Fprintf(&b, "; %d metadata read(s) failed: the media cannot be read, --repair cannot help", rep.Unreadable)
+	}
+	if rep.ErrorSectors > 0 {
+		fmt.Fprintf(&b, "; %d sector(s) in the error state (reads fail until rewritten)", rep.ErrorSectors)
+	}
+	if rep.ZeroSectors > 0 {
+		fmt.Fprintf(&b, "; %d sector(s) in the zero state", rep.ZeroSectors)
+	}
+	return b.String()
 }
 
 // progress draws a one-line bar on a terminal for devices of 1 GiB and
