@@ -57,6 +57,7 @@ type arena struct {
 	extStart uint64
 	logIdx   [2]int // physical slots holding the two entries: (0,1) or (0,2)
 	errFlag  bool   // IB_FLAG_ERROR: arena is read-only
+	info2Cut bool   // the device ends inside or before info2 (a truncated image)
 	failed   atomic.Bool
 
 	free     []freeEntry   // indexed by lane (< nlanes <= nfree)

@@ -75,6 +75,7 @@ type BTT struct {
 	lanes      []lane
 	readOnly   bool
 	backup     bool // opened from a backup info block
+	truncated  bool // the device ends before the last backup info block
 	pmdk       bool // libpmemblk semantics (Options.PMDK)
 	closed     atomic.Bool
 	log        *slog.Logger
@@ -132,6 +133,11 @@ func (b *BTT) ReadOnly() bool { return b.readOnly }
 // FromBackup reports whether the BTT was opened from a backup info block
 // because a primary was damaged (the BTT is then read-only).
 func (b *BTT) FromBackup() bool { return b.backup }
+
+// Truncated reports whether the device ends before the last arena's
+// backup info block (an image file cut short); the BTT is then read-only
+// until `nvblk check --repair` extends it.
+func (b *BTT) Truncated() bool { return b.truncated }
 
 // Device returns the underlying pmem device.
 func (b *BTT) Device() pmem.Device { return b.dev }

@@ -55,6 +55,7 @@ const (
 	CodeMapStates     = "map-states"       // sectors in the zero or error state (legal)
 	CodeRollForward   = "log-map"          // interrupted write pending roll-forward
 	CodeInfo2         = "info2-restore"    // "info2 needs to be restored"
+	CodeTruncated     = "truncated"        // the device ends before the last info2
 	CodeBitmap        = "bitmap"           // BTT_BITMAP_ERROR
 	CodeLogRewritten  = "log-rewritten"    // --rewrite-log done
 	CodeReadFailed    = "read-failed"      // media error reading metadata
@@ -127,6 +128,10 @@ type Report struct {
 	// reported as notices.
 	ErrorSectors uint64 `json:"error_sectors"`
 	ZeroSectors  uint64 `json:"zero_sectors"`
+	// NeedSize, when > 0, is the device size the BTT describes, which the
+	// device falls short of (a truncated image file): extending the file
+	// to it is the repair (the command line does it for an image file).
+	NeedSize int64 `json:"need_size,omitempty"`
 }
 
 // Clean reports whether no error was found.
@@ -538,7 +543,11 @@ func (c *checker) checkArena(a *arena) {
 		// what it should be.
 		a.info.Encode(prim)
 	}
-	if !c.read(a.info2Off, sec) {
+	if a.info2Cut {
+		c.rep.NeedSize = a.off + a.size
+		c.errorf(i, a.info2Off, CodeTruncated, fmt.Sprintf("extend the image to %d bytes, then copy the primary info block to info2", c.rep.NeedSize),
+			"the device ends at %d bytes, before the backup info block at %#x: the image was truncated (it must be %d bytes)", c.dev.Size(), a.info2Off, c.rep.NeedSize)
+	} else if !c.read(a.info2Off, sec) {
 		c.errorf(i, a.info2Off, CodeReadFailed, "", "cannot read info2 at %#x", a.info2Off)
 	} else if !bytes.Equal(prim, sec) {
 		c.fix(Finding{Severity: SevError, Code: CodeInfo2, Arena: i, Offset: a.info2Off,

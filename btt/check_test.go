@@ -2,9 +2,10 @@ package btt_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"strings"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nvblk/nvblk/btt"
@@ -294,5 +295,34 @@ func TestCheckUnreadableIsOperational(t *testing.T) {
 		if rep.Unreadable == 0 || rep.ExitCode() != 8 {
 			t.Errorf("repair=%v: unreadable %d, exit %d, want 8\n%s", repair, rep.Unreadable, rep.ExitCode(), findings(rep))
 		}
+	}
+}
+
+// TestOpenTruncatedInfo2: a BTT whose device ends before the last
+// backup info block (an image file cut short by a page) opens read-only,
+// says why, and reads everything.
+func TestOpenTruncatedInfo2(t *testing.T) {
+	var c bttfixture.Case
+	for _, f := range bttfixture.Cases() {
+		if f.Name == "truncated-info2" {
+			c = f
+		}
+	}
+	dev := buildFixture(t, c)
+	b, err := btt.Open(dev, btt.Options{})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	if !b.ReadOnly() || !b.Truncated() || b.FromBackup() {
+		t.Fatalf("read-only %v, truncated %v, from backup %v", b.ReadOnly(), b.Truncated(), b.FromBackup())
+	}
+	p := make([]byte, b.SectorSize())
+	for lba := uint64(0); lba < b.Sectors(); lba += 97 {
+		if err := b.ReadSectors(p, lba); err != nil || !bytes.Equal(p, bttfixture.WrittenData(lba, len(p))) {
+			t.Fatalf("LBA %d: %v", lba, err)
+		}
+	}
+	if err := b.WriteSectors(p, 0); !errors.Is(err, btt.ErrReadOnly) {
+		t.Fatalf("write: %v", err)
 	}
 }

@@ -157,6 +157,11 @@ func Open(dev pmem.Device, opt Options) (*BTT, error) {
 		b.readOnly = true
 		b.log.Warn("btt: a primary info block is damaged; opened read-only from its backup. Run `nvblk check --repair` to restore it")
 	}
+	if last := b.arenas[len(b.arenas)-1]; last.info2Cut {
+		b.readOnly, b.truncated = true, true
+		b.log.Warn("btt: the device ends before the backup info block: the image was truncated; opened read-only. Run `nvblk check --repair` to extend it and restore the backup",
+			"info2", last.info2Off, "device_size", dev.Size(), "needed", last.off+last.size)
+	}
 	b.sectorSize = SectorSizeFor(b.lbasize)
 	if b.pmdk {
 		b.sectorSize = b.lbasize // a PMDK block is all data
@@ -253,7 +258,11 @@ func parseArena(i int, off int64, ib Info, devSize int64, lbasize uint32) (*aren
 		return nil, bad("arena starts at %#x, outside the %d-byte device", off, devSize)
 	}
 	devLeft := uint64(devSize - off)
-	if size > devLeft || ib.Info2Off > devLeft {
+	// Only the last arena's backup info block past the end: an image file
+	// cut short (its last page lost). Everything else is there, so the BTT
+	// can be read; the caller keeps it read-only.
+	info2Cut := ib.NextOff == 0 && ib.Info2Off <= devLeft && size > devLeft
+	if !info2Cut && (size > devLeft || ib.Info2Off > devLeft) {
 		return nil, bad("arena of %d bytes (info2off %#x) runs past the end of the device (%d bytes left)", size, ib.Info2Off, devLeft)
 	}
 	data := uint64(ib.InternalNLBA) * uint64(ib.InternalLBASize)
@@ -278,6 +287,7 @@ func parseArena(i int, off int64, ib Info, devSize int64, lbasize uint32) (*aren
 		mapOff:   off + int64(ib.MapOff),
 		logOff:   off + int64(ib.LogOff),
 		info2Off: off + int64(ib.Info2Off),
+		info2Cut: info2Cut,
 		L:        int64(ib.InternalLBASize),
 		intNLBA:  ib.InternalNLBA,
 		extNLBA:  ib.ExternalNLBA,

@@ -28,6 +28,10 @@ type Case struct {
 	Infos []string
 	// Exit and RepairExit are the exit codes of check and check --repair.
 	Exit, RepairExit int
+	// CLIRepairExit, when not 0, is the exit code of `nvblk check
+	// --repair` on an image file, where it differs from btt.Check's (the
+	// command line can extend a truncated file).
+	CLIRepairExit int
 	// RewriteLog asks the repair run to use --rewrite-log too.
 	RewriteLog bool
 	// Truncate, when > 0, cuts the device to this many bytes after Build
@@ -387,6 +391,12 @@ func Cases() []Case {
 				}
 				return rewriteInfo(d, 4096, func(ib *btt.Info) { ib.NFree = 0 })
 			},
+		},
+		{
+			// The last page (the backup info block) cut off: readable,
+			// read-only; the command line's repair extends the file.
+			Name: "truncated-info2", Size: 20 * mib, Truncate: 20*mib - 4096, Codes: []string{btt.CodeTruncated}, Exit: 4, RepairExit: 4, CLIRepairExit: 1,
+			Build: func(d pmem.Device) error { _, err := v11(d); return err },
 		},
 		{
 			// The image file was truncated: the arena runs past its end.

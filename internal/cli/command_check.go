@@ -100,6 +100,11 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 	if err != nil {
 		return finish(exitCodeOf(err, 8), fmt.Errorf("%s: %w", path, err))
 	}
+	if repair && rep.NeedSize > dev.Size() && partitionOf(cmd) == 0 {
+		if rep, err = extendAndRecheck(path, rep, opt, out, asJSON); err != nil {
+			return finish(8, fmt.Errorf("%s: %w", path, err))
+		}
+	}
 	res.Report = rep
 	if !asJSON {
 		fmt.Fprintf(out, "%s: %s, %d arena(s): %d error(s) found, %d repaired, %d remaining%s\n",
@@ -113,6 +118,44 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		return finish(0, nil)
 	}
 	return finish(code, nil)
+}
+
+// extendAndRecheck repairs a truncated image file: it extends the file
+// to the size its BTT describes (rep.NeedSize; the new tail reads as
+// zeros) and checks again with the same options, which restores the
+// backup info block from the primary. The caller's open device keeps the
+// exclusive lock meanwhile. It returns the two reports merged, the
+// truncation counted as repaired.
+func extendAndRecheck(path string, rep *btt.Report, opt btt.CheckOptions, out io.Writer, asJSON bool) (*btt.Report, error) {
+	st, err := os.Stat(path)
+	if err != nil || !st.Mode().IsRegular() || st.Size() >= rep.NeedSize {
+		return rep, nil // not an image file: the finding stays
+	}
+	if err := os.Truncate(path, rep.NeedSize); err != nil {
+		return nil, fmt.Errorf("extend to %d bytes: %w", rep.NeedSize, err)
+	}
+	if !asJSON {
+		fmt.Fprintf(out, "extended %s from %d to %d bytes, the size its BTT describes\n", path, st.Size(), rep.NeedSize)
+	}
+	dev, err := pmem.Open(path, pmem.Options{NoLock: true}) // the caller holds the lock
+	if err != nil {
+		return nil, err
+	}
+	defer dev.Close()
+	rep2, _, err := checkTarget(dev, path, opt)
+	if err != nil {
+		return nil, err
+	}
+	for k, f := range rep.Findings {
+		if f.Code == btt.CodeTruncated {
+			rep.Findings[k].Repaired = true // and its "after repair" repeat
+		}
+	}
+	rep.Repaired++
+	rep2.Findings = append(rep.Findings, rep2.Findings...)
+	rep2.Errors += rep.Errors
+	rep2.Repaired += rep.Repaired
+	return rep2, nil
 }
 
 // checkNotices is what the summary line adds beyond errors: sectors in

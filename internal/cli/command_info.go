@@ -29,6 +29,7 @@ type InfoJSON struct {
 	ParentUUID string      `json:"parent_uuid,omitempty"`
 	ReadOnly   bool        `json:"read_only"`
 	FromBackup bool        `json:"from_backup,omitempty"`
+	Truncated  bool        `json:"truncated,omitempty"`
 	Arenas     []ArenaJSON `json:"arenas,omitempty"`
 	Pool       *PoolJSON   `json:"pool,omitempty"` // pmemblk pools only
 }
@@ -103,7 +104,8 @@ func describe(path string, dev pmem.Device, bd block.Device, drv block.Driver) I
 		info.UUID = uuid.UUID(b.UUID()).String()
 		info.ParentUUID = uuid.UUID(b.ParentUUID()).String()
 		info.FromBackup = b.FromBackup()
-		info.ReadOnly = b.FromBackup()
+		info.Truncated = b.Truncated()
+		info.ReadOnly = b.FromBackup() || b.Truncated()
 		for _, a := range b.Arenas() {
 			info.ReadOnly = info.ReadOnly || a.ErrorFlag
 			ib := a.Info
@@ -132,6 +134,9 @@ func printInfo(w io.Writer, i InfoJSON) {
 	fmt.Fprintf(w, "sectors:     %d of %d bytes (lbasize %d), %d bytes\n", i.Sectors, i.SectorSize, i.LBASize, i.Sectors*uint64(i.SectorSize))
 	if i.FromBackup {
 		fmt.Fprintf(w, "WARNING:     a primary info block is damaged; read-only from its backup. Run `nvblk check --repair`.\n")
+	}
+	if i.Truncated {
+		fmt.Fprintf(w, "WARNING:     the device ends before the backup info block: the image was truncated; read-only. Run `nvblk check --repair` to extend it.\n")
 	}
 	printArenas(w, i.Arenas)
 }
