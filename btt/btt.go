@@ -87,7 +87,11 @@ type lane struct {
 	mu  sync.Mutex
 	idx int
 	buf [16]byte
-	_   [96]byte // keep lanes on separate cache lines, whatever the slice alignment
+	// pend is the device offset of the map entry this lane stored last
+	// (P3) and has not written back, 0 for none: its line is written back
+	// under the fence before the lane's next commit (see commit).
+	pend int64
+	_    [88]byte // keep lanes on separate cache lines, whatever the slice alignment
 }
 
 // acquire takes a free lane, trying a random one first.
@@ -294,7 +298,7 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 	if a.failed.Load() {
 		return &SectorError{Op: "write", LBA: lba, Err: errArenaFailed}
 	}
-	if brokenOrdering != orderCorrect {
+	if brokenOrdering != orderCorrect && brokenOrdering < orderNoRule1 {
 		return b.writeSectorBroken(l, a, premap, src)
 	}
 	fe := &a.free[l.idx]
@@ -340,6 +344,19 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 var errArenaFailed = errors.New("arena metadata write failed; reopen to recover")
 
 // commit logs and maps the new block under the map lock (P2a, P2b, P3).
+//
+// Two fences per write. The first completes the data (P1, started by the
+// caller), P2a, and the write-back of two map lines: the one holding the
+// entry this write replaces (rule 1: another lane may have stored it
+// without writing it back, and recovery can roll this write forward
+// only from the old mapping the media holds) and the one this lane
+// stored in its previous write (rule 2: that write can be rolled forward
+// only while its log entry is the lane's newest, which P2b is about to
+// end). The second fence completes P2b, the commit: the write is durable
+// from there, as recovery rolls forward a lane's newest entry whose map
+// update is missing (Linux's btt_freelist_init, libpmemblk's flog
+// recovery, nvblk's loadLog). P3, the map entry, is a plain store, left
+// for the next commit of this lane (or Flush, or Close) to write back.
 func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error {
 	raw, err := a.readMapRaw(b.dev, premap, l.buf[:])
 	if err != nil {
@@ -372,6 +389,19 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 		a.failed.Store(true)
 		return err
 	}
+	mapEnt := a.mapOff + 4*int64(premap)
+	if brokenOrdering != orderNoRule1 {
+		if err := b.dev.Flush(mapEnt, 4); err != nil {
+			a.failed.Store(true)
+			return err
+		}
+	}
+	if l.pend != 0 && brokenOrdering != orderNoRule2 {
+		if err := b.dev.Flush(l.pend, 4); err != nil {
+			a.failed.Store(true)
+			return err
+		}
+	}
 	if err := b.dev.Drain(); err != nil {
 		a.failed.Store(true)
 		return err
@@ -384,13 +414,43 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 	fe.seq = nextSeq(fe.seq)
 	fe.block = old
 	fe.hasErr = st == MapError
-	// P3: the map entry. If it fails, the log already commits the write:
-	// the next open rolls it forward; until then the arena refuses writes.
-	if err := a.writeMapRaw(b.dev, premap, mapNormal|nb, l.buf[:]); err != nil {
+	// P3: the map entry, stored; its write-back waits (see above). If the
+	// store fails, the log already commits the write: the next open rolls
+	// it forward; until then the arena refuses writes.
+	binary.LittleEndian.PutUint32(l.buf[:4], mapNormal|nb)
+	if _, err := b.dev.WriteAt(l.buf[:4], mapEnt); err != nil {
 		a.failed.Store(true)
 		return err
 	}
+	l.pend = mapEnt
 	return nil
+}
+
+// writeBackMaps writes back the map lines the lanes stored and left
+// pending (see commit) and fences. With lock set it takes each lane's
+// lock (writes may be running).
+func (b *BTT) writeBackMaps(lock bool) error {
+	var err error
+	for i := range b.lanes {
+		l := &b.lanes[i]
+		if lock {
+			l.mu.Lock()
+		}
+		if l.pend != 0 {
+			if ferr := b.dev.Flush(l.pend, 4); ferr == nil {
+				l.pend = 0
+			} else if err == nil {
+				err = ferr
+			}
+		}
+		if lock {
+			l.mu.Unlock()
+		}
+	}
+	if derr := b.dev.Drain(); err == nil {
+		err = derr
+	}
+	return err
 }
 
 // clearBlock zeroes the data part of a free block; an aligned write also
@@ -488,14 +548,16 @@ func (b *BTT) Flush() error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
-	return b.dev.Drain()
+	return b.writeBackMaps(true)
 }
 
-// Close releases the BTT (not the underlying device). It must not run
-// concurrently with I/O.
+// Close writes back what the lanes left pending and releases the BTT
+// (not the underlying device). It must not run concurrently with I/O.
 func (b *BTT) Close() error {
-	b.closed.Store(true)
-	return nil
+	if b.closed.Swap(true) || b.readOnly {
+		return nil
+	}
+	return b.writeBackMaps(false)
 }
 
 // MapEntry returns the decoded map entry of an exported LBA (for tools

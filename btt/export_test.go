@@ -10,6 +10,8 @@ var BrokenOrderings = map[string]int{
 	"data-not-flushed":    orderNoDataPersist,
 	"data-after-log":      orderDataAfterLog,
 	"no-fence-before-seq": orderNoFenceBeforeSeq,
+	"no-rule1":            orderNoRule1,
+	"no-rule2":            orderNoRule2,
 }
 
 // SetBrokenOrdering selects a broken ordering (0 restores the correct one).

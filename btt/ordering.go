@@ -13,6 +13,10 @@ const (
 	orderNoDataPersist    // P1 stored but never flushed
 	orderDataAfterLog     // P2 and P3 before P1
 	orderNoFenceBeforeSeq // P1 and P2a flushed but not fenced before P2b
+	// The rules of the deferred map write-back (see commit); these two
+	// run in writeSector itself, with one write-back left out.
+	orderNoRule1 // the replaced entry's map line not written back before P2b
+	orderNoRule2 // the lane's previous map line not written back before its next P2b
 )
 
 // writeSectorBroken is writeSector with the ordering brokenOrdering

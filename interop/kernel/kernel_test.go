@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -567,7 +569,7 @@ func TestKernel(t *testing.T) {
 		o.close()
 	}
 	prepareRepaired(t, h, rep11)
-	crashX, crashY, crashOld := prepareCrash(t, crash)
+	crashOld := prepareCrash(t, crash)
 	mediaX, mediaY, mediaOff := prepareMedia(t, media)
 	t.Logf("boot 1 images prepared in %s", time.Since(prepStart).Round(time.Millisecond))
 
@@ -726,7 +728,7 @@ func TestKernel(t *testing.T) {
 		expectGuestReads(t, im, v, o.Sectors())
 		expectSameDevice(t, im, v, o)
 		a := o.Arenas()[0]
-		for _, x := range []uint64{crashX, crashY} {
+		for _, x := range slices.Sorted(maps.Keys(crashOld)) {
 			raw := rawMapEntry(t, im, a, x)
 			post, st, _ := o.MapEntry(x)
 			t.Logf("after the kernel: lba %d map entry %#08x (%s, block %d; before the boot it pointed at block %d)", x, raw, st, post, crashOld[x])
@@ -932,19 +934,20 @@ func expectCleanOrLoggedE(t testing.TB, im *image, v *guestView) bool {
 	return true
 }
 
-// prepareCrash makes an image with two interrupted writes pending
-// roll-forward: for LBA x (already written once, so its old block is a real
-// free-list block) and LBA y (never written before, so its old mapping is
-// the identity), nvblk wrote the data and the log entry, and then the map
-// entry is put back to the old block with raw byte writes, as if power had
-// failed before the map update. nvblk, opened read-only, must read the new
-// data without writing to the image.
-func prepareCrash(t *testing.T, im *image) (x, y uint64, old map[uint64]uint32) {
+// prepareCrash makes an image whose last writes are pending roll-forward:
+// for LBA x (already written once, so its old block is a real free-list
+// block), LBA y (never written before, so its old mapping is the
+// identity), and the last write of every other lane, nvblk wrote the data
+// and the log entry, and then the map entry is put back to the old block
+// with raw byte writes, as if power had failed before the map update
+// reached the media. nvblk, opened read-only, must read the new data
+// without writing to the image. It returns each such LBA's old block.
+func prepareCrash(t *testing.T, im *image) map[uint64]uint32 {
 	t.Helper()
 	o := createImage(t, im, btt.V11)
 	n := o.Sectors()
 	writeNvblk(t, im, o, nvblkPlan(n)...)
-	x = 50
+	var x, y uint64 = 50, 0
 	writeNvblk(t, im, o, write{LBA: x, Gen: 1}, write{LBA: x, Gen: 2})
 	a := o.Arenas()[0]
 	// The two pending writes must be the current entries of two different
@@ -981,9 +984,26 @@ func prepareCrash(t *testing.T, im *image) (x, y uint64, old map[uint64]uint32) 
 	if !found {
 		t.Fatalf("crash: could not get two pending writes in different lanes")
 	}
-	o.close()
 	const mask = 0x3FFFFFFF
-	old = map[uint64]uint32{x: lx.Cur.OldMap & mask, y: ly.Cur.OldMap & mask}
+	// Every other lane's last write too: nvblk leaves a write's map entry
+	// to be written back by the lane's next write (btt's commit: two
+	// fences per write), so a crash may find every lane's newest write
+	// committed in the log and absent from the map.
+	others := map[uint64]uint32{}
+	for _, l := range readLanes(t, o.ns, a) {
+		lba := uint64(l.Cur.LBA)
+		if !l.OK || l.Lane == lx.Lane || l.Lane == ly.Lane || l.Cur.OldMap&mask == l.Cur.NewMap&mask || lba == x || lba == y {
+			continue
+		}
+		if post, _, err := o.MapEntry(lba); err == nil && post == l.Cur.NewMap&mask {
+			others[lba] = l.Cur.OldMap & mask
+		}
+	}
+	if len(others) == 0 {
+		t.Fatalf("crash: no other lane holds a write to leave unmapped")
+	}
+	o.close()
+	old := map[uint64]uint32{x: lx.Cur.OldMap & mask, y: ly.Cur.OldMap & mask}
 	if old[y] != uint32(y) {
 		t.Fatalf("crash: lba %d's old mapping is %d, want the identity", y, old[y])
 	}
@@ -991,10 +1011,21 @@ func prepareCrash(t *testing.T, im *image) (x, y uint64, old map[uint64]uint32) 
 	// back to the never-written identity entry (raw 0).
 	writeRawMapEntry(t, im, a, x, 0xC0000000|old[x])
 	writeRawMapEntry(t, im, a, y, 0)
+	for lba, o := range others {
+		raw := 0xC0000000 | o
+		if o == uint32(lba) {
+			raw = 0 // the identity: never written before
+		}
+		writeRawMapEntry(t, im, a, lba, raw)
+	}
 
 	before := fileSHA(t, im.path)
 	ro := openImage(t, im, true)
-	for _, lba := range []uint64{x, y} {
+	unmapped := []uint64{x, y}
+	for lba := range others {
+		unmapped = append(unmapped, lba)
+	}
+	for _, lba := range unmapped {
 		buf := make([]byte, im.ss)
 		if err := ro.ReadSectors(buf, lba); err != nil {
 			t.Fatalf("crash: nvblk (read-only) lba %d: %v", lba, err)
@@ -1008,9 +1039,10 @@ func prepareCrash(t *testing.T, im *image) (x, y uint64, old map[uint64]uint32) 
 	if fileSHA(t, im.path) != before {
 		t.Fatalf("crash: nvblk opened read-only changed the image")
 	}
-	t.Logf("crash: pending roll-forward of lba %d (lane %d: %+v) and lba %d (lane %d: %+v); nvblk read-only reads both as new, image unchanged",
-		x, lx.Lane, lx.Cur, y, ly.Lane, ly.Cur)
-	return x, y, old
+	maps.Copy(old, others)
+	t.Logf("crash: pending roll-forward of lba %d (lane %d: %+v) and lba %d (lane %d: %+v), and of the last writes of %d other lanes (LBAs %v); nvblk read-only reads them all as new, image unchanged",
+		x, lx.Lane, lx.Cur, y, ly.Lane, ly.Cur, len(others), others)
+	return old
 }
 
 // prepareMedia makes the image of the media-error check and returns the
