@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/nvblk/nvblk/pmem"
@@ -465,37 +467,46 @@ func (c *checker) checkArena(a *arena) {
 			rollfwd[ls.cur.LBA] = nw
 		}
 	}
-	// Map entries, streamed in 4 KiB chunks, and the bitmap: every
-	// internal block referenced exactly once by the map and the free list.
-	// Memory: one bit per internal block, whatever the device size.
-	bm := make([]uint64, (uint64(a.intNLBA)+63)/64)
+	// Map entries, streamed (holes of a sparse image skipped), and the
+	// bitmap: every internal block referenced exactly once by the map and
+	// the free list. Memory: one bit per internal block, whatever the
+	// device size.
+	bm := newBlockSet(a.intNLBA)
 	var dups []uint32 // blocks found referenced twice (first few)
 	dupCount := 0
+	dup := func(p uint32) {
+		if dupCount++; len(dups) < maxBitmapFindings {
+			dups = append(dups, p)
+		}
+	}
 	mark := func(p uint32) bool {
-		w, bit := p/64, uint64(1)<<(p%64)
-		if bm[w]&bit != 0 {
-			if dupCount++; len(dups) < maxBitmapFindings {
-				dups = append(dups, p)
-			}
+		if !bm.add(p) {
+			dup(p)
 			return false
 		}
-		bm[w] |= bit
 		return true
 	}
+	rollKeys := slices.Sorted(maps.Keys(rollfwd))
 	var nZero, nErr, oob uint64
 	var zLBAs, eLBAs []uint32 // the first few of each state
-	chunk := make([]byte, 4096)
+	chunk := make([]byte, 4*mapChunk)
 	mapOK := true
-	for start := uint32(0); start < a.extNLBA; start += 1024 {
-		n := min(1024, a.extNLBA-start)
-		if _, err := dev.ReadAt(chunk[:4*n], a.mapOff+4*int64(start)); err != nil {
+	scanMap(dev, a, chunk, func(start, n uint32, raw []byte, err error) bool {
+		if c.opt.Progress != nil {
+			defer c.opt.Progress(uint64(start+n), uint64(a.extNLBA))
+		}
+		if err != nil {
 			c.errorf(i, a.mapOff+4*int64(start), CodeReadFailed, "", "cannot read map entries %d..%d: %v", start, start+n-1, err)
 			mapOK = false
-			continue
+			return true
+		}
+		if raw == nil {
+			bm.addIdentity(start, n, rollfwd, rollKeys, dup)
+			return true
 		}
 		for k := uint32(0); k < n; k++ {
 			premap := start + k
-			p, st := decodeMap(binary.LittleEndian.Uint32(chunk[4*k:]), premap)
+			p, st := decodeMap(rawEntry(raw, k), premap)
 			switch st {
 			case MapZero:
 				if nZero++; len(zLBAs) < maxStateLBAs {
@@ -518,10 +529,8 @@ func (c *checker) checkArena(a *arena) {
 			}
 			mark(p)
 		}
-		if c.opt.Progress != nil {
-			c.opt.Progress(uint64(start+n), uint64(a.extNLBA))
-		}
-	}
+		return true
+	})
 	if oob > maxBitmapFindings {
 		c.errorf(i, a.mapOff, CodeMapOOB, "", "%d more out-of-bounds map entries not listed", oob-maxBitmapFindings)
 	}
@@ -599,7 +608,7 @@ func lbaList(a *arena, premaps []uint32, n uint64) string {
 
 // reportBitmap names the blocks referenced twice (finding who references
 // them with a second pass over the map) and the leaked ones.
-func (c *checker) reportBitmap(a *arena, bm []uint64, dups []uint32, dupCount int, freeDup map[uint32]int, rollfwd map[uint32]uint32) {
+func (c *checker) reportBitmap(a *arena, bm blockSet, dups []uint32, dupCount int, freeDup map[uint32]int, rollfwd map[uint32]uint32) {
 	i := a.idx
 	reported := 0
 	report := func(format string, args ...any) {
@@ -612,22 +621,36 @@ func (c *checker) reportBitmap(a *arena, bm []uint64, dups []uint32, dupCount in
 		for _, d := range dups {
 			refs[d] = nil
 		}
-		chunk := make([]byte, 4096)
-		for start := uint32(0); start < a.extNLBA; start += 1024 {
-			n := min(1024, a.extNLBA-start)
-			if _, err := c.dev.ReadAt(chunk[:4*n], a.mapOff+4*int64(start)); err != nil {
-				continue
+		ref := func(p, premap uint32) {
+			if nw, ok := rollfwd[premap]; ok {
+				p = nw
 			}
-			for k := uint32(0); k < n; k++ {
-				p, _ := decodeMap(binary.LittleEndian.Uint32(chunk[4*k:]), start+k)
-				if nw, ok := rollfwd[start+k]; ok {
-					p = nw
-				}
-				if r, ok := refs[p]; ok && len(r) < 2 {
-					refs[p] = append(r, start+k)
-				}
+			if r, ok := refs[p]; ok && len(r) < 2 {
+				refs[p] = append(r, premap)
 			}
 		}
+		scanMap(c.dev, a, make([]byte, 4*mapChunk), func(start, n uint32, raw []byte, err error) bool {
+			switch {
+			case err != nil:
+			case raw == nil: // identity entries: block d is LBA d's
+				for _, d := range dups {
+					if _, rf := rollfwd[d]; !rf && d >= start && d < start+n {
+						ref(d, d)
+					}
+				}
+				for premap := range rollfwd {
+					if premap >= start && premap < start+n {
+						ref(premap, premap)
+					}
+				}
+			default:
+				for k := uint32(0); k < n; k++ {
+					p, _ := decodeMap(rawEntry(raw, k), start+k)
+					ref(p, start+k)
+				}
+			}
+			return true
+		})
 		for _, d := range dups {
 			r := refs[d]
 			if lane, ok := freeDup[d]; ok {

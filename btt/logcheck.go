@@ -3,6 +3,8 @@ package btt
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
+	"slices"
 )
 
 // The checker's log pass, and the log repair that goes beyond ndctl.
@@ -339,12 +341,6 @@ func (c *checker) mapAt(a *arena, lba uint32) (uint32, bool) {
 	return p, true
 }
 
-// blockSet is one bit per internal block.
-type blockSet []uint64
-
-func (s blockSet) has(b uint32) bool { return s[b/64]&(1<<(b%64)) != 0 }
-func (s blockSet) set(b uint32)      { s[b/64] |= 1 << (b % 64) }
-
 // referencedBlocks marks the blocks the map references, with the intact
 // lanes' pending roll-forwards applied. why is non-empty when the map
 // cannot support a log repair (unreadable, out of range, a block mapped
@@ -360,26 +356,33 @@ func (c *checker) referencedBlocks(a *arena, lanes []laneState) (blockSet, strin
 			rollfwd[ls.cur.LBA] = n
 		}
 	}
-	refs := make(blockSet, (uint64(a.intNLBA)+63)/64)
-	chunk := make([]byte, 4096)
-	for start := uint32(0); start < a.extNLBA; start += 1024 {
-		n := min(1024, a.extNLBA-start)
-		if !c.read(a.mapOff+4*int64(start), chunk[:4*n]) {
-			return nil, fmt.Sprintf("map entries %d..%d cannot be read", start, start+n-1)
+	refs := newBlockSet(a.intNLBA)
+	keys := slices.Sorted(maps.Keys(rollfwd))
+	why := ""
+	twice := func(p uint32) { why = fmt.Sprintf("block %d is mapped twice", p) }
+	scanMap(c.dev, a, make([]byte, 4*mapChunk), func(start, n uint32, raw []byte, err error) bool {
+		switch {
+		case err != nil:
+			why = fmt.Sprintf("map entries %d..%d cannot be read", start, start+n-1)
+		case raw == nil:
+			refs.addIdentity(start, n, rollfwd, keys, twice)
+		default:
+			for k := uint32(0); k < n && why == ""; k++ {
+				p, _ := decodeMap(rawEntry(raw, k), start+k)
+				if nw, ok := rollfwd[start+k]; ok {
+					p = nw
+				}
+				if p >= a.intNLBA {
+					why = fmt.Sprintf("map entry %d is out of range", start+k)
+				} else if !refs.add(p) {
+					twice(p)
+				}
+			}
 		}
-		for k := uint32(0); k < n; k++ {
-			p, _ := decodeMap(binary.LittleEndian.Uint32(chunk[4*k:]), start+k)
-			if nw, ok := rollfwd[start+k]; ok {
-				p = nw
-			}
-			if p >= a.intNLBA {
-				return nil, fmt.Sprintf("map entry %d is out of range", start+k)
-			}
-			if refs.has(p) {
-				return nil, fmt.Sprintf("block %d is mapped twice", p)
-			}
-			refs.set(p)
-		}
+		return why == ""
+	})
+	if why != "" {
+		return nil, why
 	}
 	return refs, ""
 }

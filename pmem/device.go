@@ -74,3 +74,22 @@ type Sparse interface {
 }
 
 var _ Sparse = (*Window)(nil)
+
+// Releaser is implemented by devices whose memory mapping can let go of
+// the pages under a range without losing anything (a shared file or
+// /dev/dax mapping: the data stays in the file, a later access maps it
+// again), so that a scan of a large device does not keep every page it
+// read resident. Release is a hint; it never changes what reads return.
+type Releaser interface {
+	Release(off, n int64)
+}
+
+var _ Releaser = (*Window)(nil)
+
+// Release lets go of the pages of [off, off+n) of d when d can (see
+// Releaser); otherwise it does nothing.
+func Release(d Device, off, n int64) {
+	if r, ok := d.(Releaser); ok {
+		r.Release(off, n)
+	}
+}

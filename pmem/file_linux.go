@@ -276,6 +276,22 @@ func (d *mapDev) zeroBytes(off, n int64) error {
 
 var _ Sparse = (*mapDev)(nil)
 
+// Release implements Releaser for devices from Open (shared file and
+// /dev/dax mappings): MADV_DONTNEED on the whole pages inside the range
+// drops them from this process's page tables; the data stays in the file
+// (dirty pages keep their dirty state). Anonymous RAM devices keep their
+// pages, which hold the only copy.
+func (d *mapDev) Release(off, n int64) {
+	if d.lockFile == nil || d.closed.Load() || CheckRange("release", off, n, d.size) != nil {
+		return
+	}
+	page := int64(os.Getpagesize())
+	start, end := (off+page-1)&^(page-1), (off+n)&^(page-1)
+	if end > start {
+		_ = unix.Madvise(d.data[start:end], unix.MADV_DONTNEED)
+	}
+}
+
 // Extent implements Sparse: on a regular file, SEEK_DATA and SEEK_HOLE
 // find the extent holding off. Anything else (/dev/dax, RAM, a file
 // system without hole information) is all data.

@@ -95,6 +95,13 @@ func (w *Window) Persist(off, n int64) error {
 	return w.d.Persist(w.off+off, n)
 }
 
+// Release implements Releaser through the parent.
+func (w *Window) Release(off, n int64) {
+	if w.check("release", off, n) == nil {
+		Release(w.d, w.off+off, n)
+	}
+}
+
 // Extent implements Sparse through the parent (all data if the parent
 // cannot tell).
 func (w *Window) Extent(off, n int64) (hole bool, run int64, err error) {
