@@ -17,7 +17,7 @@ import (
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/internal/testutil"
-	"github.com/nvblk/nvblk/interop/kernel/nslabel"
+	"github.com/nvblk/nvblk/nslabel"
 )
 
 // harness holds what every boot needs.
