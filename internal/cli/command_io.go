@@ -47,6 +47,7 @@ func newReadCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
 	cmd.Flags().Uint64Var(&count, "count", 0, "number of sectors (default: to the end)")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 
@@ -92,6 +93,7 @@ func newWriteCommand() *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 
@@ -118,5 +120,6 @@ func newZeroCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&count, "count", 1, "number of sectors")
 	_ = cmd.MarkFlagRequired("lba")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
