@@ -78,9 +78,34 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		}
 		return &ExitError{Code: code, Err: err}
 	}
+	labelFindings, labelsBroken, err := checkLabels(path, partitionOf(cmd))
+	if err != nil {
+		return finish(exitCodeOf(err, 8), err)
+	}
+	if !asJSON {
+		for _, f := range labelFindings {
+			fmt.Fprintln(out, f.String())
+		}
+	}
+	addLabelFindings := func(rep *btt.Report) {
+		rep.Findings = append(labelFindings, rep.Findings...)
+		for _, f := range labelFindings {
+			if f.Severity == btt.SevError {
+				rep.Errors++
+				rep.Remaining++
+			}
+		}
+	}
+	if labelsBroken {
+		addLabelFindings(res.Report)
+		if !asJSON {
+			fmt.Fprintf(out, "%s: namespace labels: %d error(s) found, none repairable by nvblk\n", path, res.Errors)
+		}
+		return finish(4, nil)
+	}
 	dev, err := openTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: !repair})
 	if err != nil {
-		return finish(8, err)
+		return finish(exitCodeOf(err, 8), err)
 	}
 	defer dev.Close()
 	opt := btt.CheckOptions{Repair: repair, RewriteLog: rewriteLog}
@@ -95,6 +120,7 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 	if err != nil {
 		return finish(exitCodeOf(err, 8), fmt.Errorf("%s: %w", path, err))
 	}
+	addLabelFindings(rep)
 	res.Report = rep
 	if !asJSON {
 		fmt.Fprintf(out, "%s: %s, %d arena(s): %d error(s) found, %d repaired, %d remaining\n",
@@ -151,4 +177,29 @@ func (p *progress) done() {
 	if p.shown {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// checkLabels reports the problems of PATH's namespace label area (none
+// when it has none) as findings: an invalid index block, a label skipped
+// as invalid or interleaved (warnings); no valid index block, a label
+// outside the device, overlapping labels (errors). broken says the area
+// has no valid index, so no namespace can be addressed.
+func checkLabels(path string, t target) (findings []btt.Finding, broken bool, err error) {
+	dev, err := pmem.Open(path, pmem.Options{ReadOnly: true})
+	if err != nil {
+		return nil, false, err
+	}
+	defer dev.Close()
+	l, err := locateLabels(dev, t)
+	if l == nil {
+		return nil, false, err
+	}
+	for _, p := range l.Problems {
+		sev := btt.SevWarning
+		if p.Error {
+			sev = btt.SevError
+		}
+		findings = append(findings, btt.Finding{Severity: sev, Code: p.Code, Arena: -1, Offset: p.Offset, Message: p.Message})
+	}
+	return findings, err != nil, nil
 }
