@@ -34,14 +34,14 @@ type DeviceJSON struct {
 	// PartitionTable is present when the device holds a partition table,
 	// or a damaged one (then with Error set, and Personality describing
 	// the whole device).
-	PartitionTable *TableJSON       `json:"partition_table,omitempty"`
+	PartitionTable *TableJSON `json:"partition_table,omitempty"`
 	// LabelArea is present when the device is a labelled NVDIMM image:
 	// then Namespaces lists what its labels describe, each with its
 	// personality, and the device has no Personality of its own.
-	LabelArea  *LabelAreaJSON  `json:"label_area,omitempty"`
-	Namespaces []NamespaceJSON `json:"namespaces,omitempty"`
-	Partitions     []PartitionJSON  `json:"partitions,omitempty"`
-	Personality    *PersonalityJSON `json:"personality,omitempty"` // without a (valid) table
+	LabelArea   *LabelAreaJSON   `json:"label_area,omitempty"`
+	Namespaces  []NamespaceJSON  `json:"namespaces,omitempty"`
+	Partitions  []PartitionJSON  `json:"partitions,omitempty"`
+	Personality *PersonalityJSON `json:"personality,omitempty"` // without a (valid) table
 }
 
 // LabelAreaJSON describes the namespace label storage area of a device.
