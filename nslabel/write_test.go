@@ -187,7 +187,7 @@ func TestUpdateCrash(t *testing.T) {
 				old, neu := fmt.Sprintf("gen%d", gen-1), fmt.Sprintf("gen%d", gen)
 				var fails []string
 				dev.SetHook(func(e pmemtest.Event) {
-					for k := range 4 {
+					for k := range 12 {
 						var img *pmemtest.CrashMem
 						switch k {
 						case 0:
@@ -282,4 +282,44 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestParseMutations is a short, bounded run of the fuzz target's
+// property in every test run: seed areas with random bytes changed (in the
+// index blocks and the first slots, where the structure is) must parse or
+// fail cleanly, never panic, and Locate must agree with Parse.
+func TestParseMutations(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	var seeds [][]byte
+	for _, v := range []string{"1.1", "1.2"} {
+		dev := labelledDevice(t, v, 0, newLabel(v, "seed", 0x10, 0, 1<<20))
+		nslabel.Update(dev, 0, testArea, newLabel(v, "seed2", 0x20, 0, 1<<20), nil)
+		seeds = append(seeds, dev.Snapshot())
+	}
+	for i := range 800 {
+		area := append([]byte(nil), seeds[i%len(seeds)]...)
+		for range 1 + rng.IntN(8) {
+			off := rng.IntN(2048)
+			if rng.IntN(4) == 0 {
+				off = rng.IntN(len(area))
+			}
+			area[off] = byte(rng.Uint32())
+		}
+		a, err := nslabel.Parse(area)
+		if err != nil {
+			if !errors.Is(err, nslabel.ErrNoIndex) {
+				t.Fatalf("mutation %d: %v", i, err)
+			}
+			continue
+		}
+		if i%8 != 0 {
+			continue
+		}
+		dev := pmemtest.NewCrashMem(int64(len(area)))
+		dev.WriteAt(area, 0)
+		l, err := nslabel.Locate(dev, []int64{testArea})
+		if err != nil || len(l.Area.Labels) != len(a.Labels) {
+			t.Fatalf("mutation %d: Locate %v, %d labels; Parse found %d", i, err, len(l.Area.Labels), len(a.Labels))
+		}
+	}
 }
