@@ -296,7 +296,7 @@ func TestParseMutations(t *testing.T) {
 		nslabel.Update(dev, 0, testArea, newLabel(v, "seed2", 0x20, 0, 1<<20), nil)
 		seeds = append(seeds, dev.Snapshot())
 	}
-	for i := range 800 {
+	for i := range 400 {
 		area := append([]byte(nil), seeds[i%len(seeds)]...)
 		for range 1 + rng.IntN(8) {
 			off := rng.IntN(2048)
