@@ -70,5 +70,65 @@ func rawGuard(dev pmem.Device) string {
 			return fmt.Sprintf("a valid BTT backup info block at byte %#x, where arena 0's info2 lies if the last %d KiB are a namespace label area: a damaged BTT on a labelled image", b2, cut>>10)
 		}
 	}
+	if off, ok := flogAt(dev); ok {
+		return fmt.Sprintf("no BTT info block, but a BTT log (flog) at byte %#x where arena 0 keeps it: a BTT whose info blocks are all damaged", off)
+	}
 	return ""
+}
+
+// flogLanes is how many lanes of a candidate log flogAt checks.
+const flogLanes = 8
+
+// flogAt looks for arena 0's log where Linux's layout puts it (its offset
+// depends on the arena size only, not on the sector size), for both
+// versions, for the device's size and for the sizes before a label area
+// of a common size: the first flogLanes log groups must each hold a live
+// entry (sequence number 1 to 3) and only entries that fit the arena (LBA
+// below the external count, map values below the internal count of the
+// densest layout). A zeroed or random area does not pass; a BTT's log,
+// freshly created or written, does.
+func flogAt(dev pmem.Device) (int64, bool) {
+	buf := make([]byte, flogLanes*LogGroupSize)
+	for _, v := range []Version{V11, V20} {
+		for _, cut := range append([]int64{0}, nslabel.CommonSizes...) {
+			l, err := ComputeLayout(dev.Size()-cut, v, 512, DefaultNFree)
+			if err != nil {
+				continue
+			}
+			a := l[0]
+			off := a.Off + int64(a.LogOff)
+			if _, err := dev.ReadAt(buf, off); err != nil {
+				continue
+			}
+			if flogLooksLive(buf, a) {
+				return off, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func flogLooksLive(buf []byte, a ArenaLayout) bool {
+	for lane := range flogLanes {
+		g := buf[lane*LogGroupSize : (lane+1)*LogGroupSize]
+		live := false
+		for slot := range 4 {
+			e := DecodeLogEntry(g[slot*LogEntrySize:])
+			if e == (LogEntry{}) {
+				continue
+			}
+			if e.Seq == 0 || e.Seq > 3 || e.LBA >= a.ExternalNLBA ||
+				e.OldMap&mapLBAMask >= a.InternalNLBA || e.NewMap&mapLBAMask >= a.InternalNLBA {
+				if slot < 2 {
+					return false
+				}
+				continue // slots 2 and 3 are padding in the (0,1) format
+			}
+			live = true
+		}
+		if !live {
+			return false
+		}
+	}
+	return true
 }

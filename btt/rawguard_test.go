@@ -77,10 +77,41 @@ func TestRawRefusesDamagedBTT(t *testing.T) {
 			zero(t, dev, 4096, 4096)
 			return dev
 		}, "last 256 KiB are a namespace label area"},
-		{"all info blocks zeroed", func(t *testing.T) pmem.Device {
+		{"all info blocks zeroed: the flog", func(t *testing.T) pmem.Device {
 			dev, info2 := newBTT(t, btt.V11, size, size)
 			zero(t, dev, 4096, 4096)
 			zero(t, dev, info2, 4096)
+			return dev
+		}, "a BTT log (flog)"},
+		{"2.0, written, all info blocks zeroed, before a label area: the flog", func(t *testing.T) pmem.Device {
+			dev, info2 := newBTT(t, btt.V20, size+label, size)
+			ns, _ := pmem.NewWindow(dev, 0, size)
+			b, err := btt.Open(ns, btt.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for lba := range uint64(40) {
+				if err := b.WriteSectors(make([]byte, 4096), lba*7); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b.Close()
+			zero(t, dev, 0, 4096)
+			zero(t, dev, info2, 4096)
+			return dev
+		}, "a BTT log (flog)"},
+		{"everything zeroed", func(t *testing.T) pmem.Device {
+			dev, info2 := newBTT(t, btt.V11, size, size)
+			zero(t, dev, 0, info2+4096)
+			return dev
+		}, ""},
+		{"random bytes", func(t *testing.T) pmem.Device {
+			dev := pmemtest.NewCrashMem(size + label)
+			b := make([]byte, size+label)
+			for i := range b {
+				b[i] = byte(i*7919 + i>>9)
+			}
+			dev.WriteAtPersist(b, 0)
 			return dev
 		}, ""},
 	}
