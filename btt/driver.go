@@ -86,8 +86,20 @@ const flogLanes = 8
 // entry (sequence number 1 to 3) and only entries that fit the arena (LBA
 // below the external count, map values below the internal count of the
 // densest layout). A zeroed or random area does not pass; a BTT's log,
-// freshly created or written, does.
+// freshly created or written, does. A device with a partition table
+// signature (an MBR boot signature, a GPT header for 512- or 4096-byte
+// blocks) is not looked at: the log of a BTT in its last partition lies
+// near where a whole-device arena's would.
 func flogAt(dev pmem.Device) (int64, bool) {
+	sig := make([]byte, 8)
+	if _, err := dev.ReadAt(sig[:2], 510); err == nil && sig[0] == 0x55 && sig[1] == 0xAA {
+		return 0, false
+	}
+	for _, off := range []int64{512, 4096} {
+		if _, err := dev.ReadAt(sig, off); err == nil && string(sig) == "EFI PART" {
+			return 0, false
+		}
+	}
 	buf := make([]byte, flogLanes*LogGroupSize)
 	for _, v := range []Version{V11, V20} {
 		for _, cut := range append([]int64{0}, nslabel.CommonSizes...) {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/partition"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/pmem/pmemtest"
 )
@@ -100,6 +101,23 @@ func TestRawRefusesDamagedBTT(t *testing.T) {
 			zero(t, dev, info2, 4096)
 			return dev
 		}, "a BTT log (flog)"},
+		{"GPT with a BTT in its last partition", func(t *testing.T) pmem.Device {
+			dev := pmemtest.NewCrashMem(2 * size)
+			tb, err := partition.Create(dev, []partition.Spec{{Size: size / 2, Name: "a"}, {Name: "b"}}, partition.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := tb.Window(dev, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := btt.Create(w, btt.CreateOptions{Version: btt.V11, LBASize: 512})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Close()
+			return dev
+		}, ""},
 		{"everything zeroed", func(t *testing.T) pmem.Device {
 			dev, info2 := newBTT(t, btt.V11, size, size)
 			zero(t, dev, 0, info2+4096)
