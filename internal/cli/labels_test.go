@@ -217,6 +217,9 @@ func TestCreateLabels(t *testing.T) {
 			if _, e, code := run(t, nil, "create", "--labels", img); code == 0 || !strings.Contains(e, "--force") {
 				t.Errorf("create over a labelled image without --force: exit %d %s", code, e)
 			}
+			if _, e, code := run(t, nil, "partition", "--add", "8M", img); code == 0 || !strings.Contains(e, "label area") {
+				t.Errorf("a partition table over a labelled image without --force: exit %d %s", code, e)
+			}
 			// Re-creating the BTT in the namespace follows the claim class.
 			mustRun(t, nil, "create", "--force", "--sector-size", c.ss, img)
 			if ij := infoOf(t, img); ij.Version != c.bttVersion || ij.ParentUUID != nsUUID {

@@ -264,9 +264,22 @@ func readTable(dev pmem.Device) (*partition.Table, error) {
 }
 
 // probeTarget is block.Probe for commands about to write a new format:
-// on a whole device it also reports a partition table (driver name
-// "partition-table"), which the new format would destroy.
+// on a whole device it also reports a namespace label area (driver name
+// "labels") and a partition table (driver name "partition-table"), which
+// the new format would destroy.
 func probeTarget(dev pmem.Device) (block.Driver, string) {
+	_, isPart := dev.(*partTarget)
+	if _, isNS := dev.(*nsTarget); !isPart && !isNS {
+		// A whole labelled device: a new format would destroy the label
+		// area (a backup GPT lives where the labels are).
+		if l, err := locateLabels(dev, target{}); l != nil || err != nil {
+			if err != nil {
+				return block.Driver{Name: "labels"}, "a damaged namespace label area (" + err.Error() + ")"
+			}
+			return block.Driver{Name: "labels"}, fmt.Sprintf("a v%s namespace label area with %d namespace(s) (use --namespace N to address one)",
+				l.Version(), len(l.Namespaces))
+		}
+	}
 	if _, ok := dev.(*partTarget); !ok {
 		if t, err := readTable(dev); err == nil || errors.Is(err, partition.ErrCorrupt) {
 			desc := "a damaged partition table"
