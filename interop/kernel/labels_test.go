@@ -17,9 +17,9 @@ import (
 
 // TestKernelLabels: labelled images that nvblk makes from nothing
 // (`nvblk create --labels`: the label area, one namespace, its BTT) attach
-// in Linux with no template, in one boot with four NVDIMMs: v1.2 labels
-// (claim class btt2, BTT 2.0) and v1.1 labels (no claim class, BTT 1.1),
-// 4096- and 512-byte sectors. The kernel must find each namespace in
+// in Linux with no template, in one boot with five NVDIMMs: v1.2 labels
+// (claim class btt2, BTT 2.0; and once claim class btt, BTT 1.1) and v1.1
+// labels (no claim class, BTT 1.1), 4096- and 512-byte sectors. The kernel must find each namespace in
 // sector mode with the uuids and name nvblk gave (`ndctl list -N -v`), read
 // what nvblk wrote, write, and leave a namespace `ndctl check-namespace`
 // finds clean; nvblk then reads the kernel's writes and checks the image
@@ -39,6 +39,7 @@ func TestKernelLabels(t *testing.T) {
 	}{
 		{"nl12-4096", "1.2", 4096, "btt2", btt.V20},
 		{"nl12-512", "1.2", 512, "btt2", btt.V20},
+		{"nl12b-4096", "1.2", 4096, "btt", btt.V11}, // --format linux: the Linux BTT claim class, BTT 1.1 at 4096
 		{"nl11-4096", "1.1", 4096, "none", btt.V11},
 		{"nl11-512", "1.1", 512, "none", btt.V11},
 	}
@@ -53,9 +54,13 @@ func TestKernelLabels(t *testing.T) {
 		im.nsSize = labellessSize // a BTT 1.1 needs 16 MiB after its 4 KiB offset
 		im.nsUUID = uuid.NewSHA1(uuid.NameSpaceOID, []byte("nvblk namespace "+c.name)).String()
 		bttUUID[im] = uuid.NewSHA1(uuid.NameSpaceOID, []byte("nvblk btt "+c.name)).String()
-		h.nvblkCLI(t, nil, "create", "--labels", "--label-version", c.version, "--sector-size", strconv.Itoa(c.ss),
-			"--size", strconv.FormatInt(im.nsSize+im.label, 10), "--name", "nvblk-"+c.name, "--parent-uuid", im.nsUUID,
-			"--uuid", bttUUID[im], "--nvdimm-slot", strconv.Itoa(k), im.path)
+		args := []string{"create", "--labels", "--label-version", c.version, "--sector-size", strconv.Itoa(c.ss),
+			"--size", strconv.FormatInt(im.nsSize+im.label, 10), "--name", "nvblk-" + c.name, "--parent-uuid", im.nsUUID,
+			"--uuid", bttUUID[im], "--nvdimm-slot", strconv.Itoa(k)}
+		if c.claim == "btt" {
+			args = append(args, "--format", "linux")
+		}
+		h.nvblkCLI(t, nil, append(args, im.path)...)
 		n := sectorsOf(t, im.nsSize, c.v, im.lbasize)
 		for _, w := range nvblkPlan(n) {
 			var data []byte
