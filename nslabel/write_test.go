@@ -239,18 +239,28 @@ func TestUpdateCrash(t *testing.T) {
 // area with a valid index. Run longer with
 //
 //	go test -run XXX -fuzz FuzzParse ./nslabel/
+//
+// An input shorter than 128 KiB (the smallest area that holds two index
+// blocks and slots) is the start of a 128 KiB area whose rest is zeroes:
+// the index blocks and the first slots, where the structure is, so the
+// fuzzer mutates small inputs.
 func FuzzParse(f *testing.F) {
 	for _, v := range []string{"1.1", "1.2"} {
 		dev := labelledDevice(f, v, 0, newLabel(v, "seed", 0x10, 0, 1<<20))
-		f.Add(dev.Snapshot())
-		b := dev.Snapshot()
+		nslabel.Update(dev, 0, testArea, newLabel(v, "seed2", 0x20, 0, 1<<20), nil)
+		f.Add(dev.Snapshot()[:2048])
+		b := dev.Snapshot()[:2048]
 		b[40] ^= 1 // index 0 damaged
 		f.Add(b)
 	}
-	f.Add(make([]byte, testArea))
+	f.Add(labelledDevice(f, "1.2", 0, nil).Snapshot()) // a whole area
+	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, area []byte) {
 		if len(area) > nslabel.MaxAreaSize {
 			area = area[:nslabel.MaxAreaSize]
+		}
+		if len(area) < testArea {
+			area = append(area, make([]byte, testArea-len(area))...)
 		}
 		a, err := nslabel.Parse(area)
 		if err != nil {
