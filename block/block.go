@@ -6,7 +6,8 @@
 // (the BTT does, in btt/driver.go); adding one touches neither pmem nor
 // partition. Open probes the registered drivers in priority order and
 // falls back to the raw driver, which exposes the bytes as sectors with
-// no atomicity (like the kernel's /dev/pmem0).
+// no atomicity (like the kernel's /dev/pmem0), unless RawRefusal finds
+// the marks of a damaged format on the device (refuse.go).
 package block
 
 import (

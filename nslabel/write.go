@@ -198,3 +198,15 @@ func InterleaveSetCookie(version string, serial uint32, vendor uint16) uint64 {
 
 // QEMUVendor is the vendor id of qemu's NVDIMMs.
 const QEMUVendor = 0x8086
+
+// QEMUSlotOf returns the qemu NVDIMM slot (0 to 255) whose interleave-set
+// cookie a label of this format version carries, if any: the slot the
+// image must be attached in for Linux to accept its labels.
+func QEMUSlotOf(version string, cookie uint64) (int, bool) {
+	for slot := range 256 {
+		if InterleaveSetCookie(version, QEMUSerial(slot), QEMUVendor) == cookie {
+			return slot, true
+		}
+	}
+	return 0, false
+}

@@ -117,6 +117,15 @@ func TestQEMUCookie(t *testing.T) {
 	if got, want := nslabel.InterleaveSetCookie("1.2", nslabel.QEMUSerial(0), nslabel.QEMUVendor), a.Labels[0].ISetCookie; got != want {
 		t.Errorf("cookie2 %#x, kernel wrote %#x", got, want)
 	}
+	if slot, ok := nslabel.QEMUSlotOf("1.2", a.Labels[0].ISetCookie); !ok || slot != 0 {
+		t.Errorf("QEMUSlotOf: %d %v, want slot 0", slot, ok)
+	}
+	if slot, ok := nslabel.QEMUSlotOf("1.1", nslabel.InterleaveSetCookie("1.1", nslabel.QEMUSerial(7), nslabel.QEMUVendor)); !ok || slot != 7 {
+		t.Errorf("QEMUSlotOf v1.1: %d %v, want slot 7", slot, ok)
+	}
+	if _, ok := nslabel.QEMUSlotOf("1.2", 12345); ok {
+		t.Error("QEMUSlotOf found a slot for cookie 12345")
+	}
 	// cookie1 of one DIMM at region offset 0: Fletcher64 of (0, 0, sn, 0).
 	sn := uint64(nslabel.QEMUSerial(3))
 	if got, want := nslabel.InterleaveSetCookie("1.1", uint32(sn), nslabel.QEMUVendor), 2*sn<<32|sn; got != want {

@@ -67,9 +67,10 @@ type NamespaceJSON struct {
 	Offset      int64            `json:"offset"`
 	Size        int64            `json:"size"`
 	LBASize     uint64           `json:"lbasize"`
-	ClaimClass  string           `json:"claim_class"`    // btt, btt2, pfn, dax, none, unknown
-	Mode        string           `json:"mode,omitempty"` // as ndctl: sector (a BTT), fsdax, devdax, raw
-	Cookie      string           `json:"isetcookie"`     // 0x-prefixed hex
+	ClaimClass  string           `json:"claim_class"`         // btt, btt2, pfn, dax, none, unknown
+	Mode        string           `json:"mode,omitempty"`      // as ndctl: sector (a BTT), fsdax, devdax, raw
+	Cookie      string           `json:"isetcookie"`          // 0x-prefixed hex
+	QEMUSlot    *int             `json:"qemu_slot,omitempty"` // the qemu NVDIMM slot whose cookie the label carries
 	Slot        uint32           `json:"slot"`
 	Error       string           `json:"error,omitempty"`
 	Personality *PersonalityJSON `json:"personality,omitempty"`
@@ -238,6 +239,9 @@ func labelsJSON(dev pmem.Device, l *nslabel.Labels, err error) (*LabelAreaJSON, 
 	for _, ns := range l.Namespaces {
 		nj := NamespaceJSON{Number: ns.Number, UUID: ns.UUID, Name: ns.Name, Offset: ns.Offset, Size: ns.Size,
 			LBASize: ns.LBASize, ClaimClass: ns.ClaimClass, Cookie: fmt.Sprintf("%#x", ns.Cookie), Slot: ns.Slot}
+		if slot, ok := nslabel.QEMUSlotOf(a.Version(), ns.Cookie); ok {
+			nj.QEMUSlot = &slot
+		}
 		if ns.Err != nil {
 			nj.Error = ns.Err.Error()
 			nss = append(nss, nj)
@@ -353,8 +357,12 @@ func printDevice(w io.Writer, d DeviceJSON) {
 		if i == len(d.Namespaces)-1 {
 			branch = "└─"
 		}
-		fmt.Fprintf(w, "  %snamespace %d  %s  %s  at %d  uuid %s  claim %s  mode %s\n", branch, ns.Number, quoteName(ns.Name),
-			humanSize(ns.Size), ns.Offset, ns.UUID, ns.ClaimClass, ns.Mode)
+		qs := ""
+		if ns.QEMUSlot != nil {
+			qs = fmt.Sprintf("  qemu slot %d", *ns.QEMUSlot)
+		}
+		fmt.Fprintf(w, "  %snamespace %d  %s  %s  at %d  uuid %s  claim %s  mode %s%s\n", branch, ns.Number, quoteName(ns.Name),
+			humanSize(ns.Size), ns.Offset, ns.UUID, ns.ClaimClass, ns.Mode, qs)
 		indent := "│ "
 		if i == len(d.Namespaces)-1 {
 			indent = "  "

@@ -67,7 +67,7 @@ func TestKernelLabelledImage(t *testing.T) {
 	ns := d.Namespaces[0]
 	if ns.UUID != k.Keys["namespace_uuid"] || ns.Size != k.Int(t, "namespace_bytes") || ns.Offset != 0 || ns.Mode != "sector" ||
 		ns.ClaimClass != "btt2" || ns.Personality == nil || ns.Personality.Driver != "btt" || ns.Personality.UUID != k.Keys["btt_uuid"] ||
-		ns.Personality.Sectors != uint64(k.Int(t, "device_sectors")) || ns.Cookie != "0xba90120012b4dc" {
+		ns.Personality.Sectors != uint64(k.Int(t, "device_sectors")) || ns.Cookie != "0xba90120012b4dc" || ns.QEMUSlot == nil || *ns.QEMUSlot != 0 {
 		t.Fatalf("namespace: %+v personality %+v", ns, ns.Personality)
 	}
 	if got := deviceSHA(t, img); got != k.Keys["whole_sha256"] {
@@ -207,6 +207,9 @@ func TestCreateLabels(t *testing.T) {
 			if ns.Cookie != "0x"+strings.TrimLeft(hex.EncodeToString([]byte{byte(want >> 56), byte(want >> 48), byte(want >> 40),
 				byte(want >> 32), byte(want >> 24), byte(want >> 16), byte(want >> 8), byte(want)}), "0") {
 				t.Errorf("cookie %s, want %#x", ns.Cookie, want)
+			}
+			if ns.QEMUSlot == nil || *ns.QEMUSlot != 2 {
+				t.Errorf("qemu_slot %v, want 2", ns.QEMUSlot)
 			}
 			data := []byte(strings.Repeat("labelled namespace data ", 1024))[:3*atoi(t, c.ss)]
 			mustRun(t, data, "write", "--lba", "5", img)
