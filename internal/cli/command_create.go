@@ -123,8 +123,12 @@ func createFunc(cmd *cobra.Command, path string, o *createOptions) error {
 // parent_uuid = the namespace uuid.
 func namespaceBTT(cmd *cobra.Command, nt *nsTarget, opt *btt.CreateOptions) error {
 	want := btt.V11
-	if nt.ns.ClaimClass == "btt2" {
+	switch nt.ns.ClaimClass {
+	case "btt2":
 		want = btt.V20
+	case "btt", "none":
+	default:
+		return &ExitError{Code: 16, Err: fmt.Errorf("%s: its label's claim class %q makes Linux use it for something else than a BTT", nt, nt.ns.ClaimClass)}
 	}
 	if !cmd.Flags().Changed("format") {
 		opt.Version = want

@@ -262,16 +262,18 @@ func labelsJSON(dev pmem.Device, l *nslabel.Labels, err error) (*LabelAreaJSON, 
 	return lj, nss
 }
 
-// namespaceMode is ndctl's mode of a namespace: sector when it holds a
-// BTT, fsdax or devdax for those claim classes, raw otherwise.
+// namespaceMode is ndctl's mode of a namespace as Linux would use it:
+// fsdax or devdax for those claim classes (whatever the namespace
+// holds), sector when it holds a BTT (or a damaged one its label names),
+// raw otherwise.
 func namespaceMode(claim string, p *PersonalityJSON) string {
 	switch {
-	case p != nil && (p.Driver == "btt" || (p.Driver == "unclaimed" && (claim == "btt" || claim == "btt2"))):
-		return "sector"
 	case claim == "pfn":
 		return "fsdax"
 	case claim == "dax":
 		return "devdax"
+	case p != nil && (p.Driver == "btt" || (p.Driver == "unclaimed" && (claim == "btt" || claim == "btt2"))):
+		return "sector"
 	}
 	return "raw"
 }

@@ -266,6 +266,31 @@ func TestCheckLabels(t *testing.T) {
 		}
 	}
 	mustRun(t, nil, "check", img)
+	// The namespace relabelled as fsdax (claim class pfn): no BTT goes
+	// there, and it is a raw namespace (not refused).
+	{
+		dev, err := pmem.Open(img, pmem.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := nslabel.Locate(dev, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pfn := l.Namespaces[0].Label
+		pfn.AbstractionGUID = nslabel.GUIDPFN
+		err = nslabel.Update(dev, areaOff, 128<<10, &pfn, func(x *nslabel.Label) bool { return x.UUID == pfn.UUID })
+		dev.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, e, c := run(t, nil, "create", "--force", img); c != 16 || !strings.Contains(e, `"pfn"`) {
+			t.Errorf("create in a pfn namespace: exit %d %s", c, e)
+		}
+		if d := listOne(t, img); d.Namespaces[0].ClaimClass != "pfn" || d.Namespaces[0].Mode != "fsdax" || d.Namespaces[0].Personality.Driver != "btt" {
+			t.Errorf("list of the pfn namespace: %+v %+v", d.Namespaces[0], d.Namespaces[0].Personality)
+		}
+	}
 	// A second namespace overlapping the first, and a third outside.
 	addLabel(&nslabel.Label{UUID: [16]byte{1}, NLabel: 1, DPA: 4 << 20, RawSize: 4 << 20, TypeGUID: nslabel.GUIDSPAPM})
 	addLabel(&nslabel.Label{UUID: [16]byte{2}, NLabel: 1, DPA: 20 << 20, RawSize: 8 << 20, TypeGUID: nslabel.GUIDSPAPM})
