@@ -32,7 +32,7 @@ const partitionFlag = "partition"
 func addPartitionFlag(cmd *cobra.Command) {
 	cmd.Flags().Int(partitionFlag, 0, "address partition N (1-based) of the GPT or MBR on PATH (or on its namespace) instead of the whole device")
 	cmd.Flags().String("namespace", "", "address namespace N (0-based, in DIMM address order, as ndctl's namespaceR.N) or UUID of a labelled NVDIMM image (default: its only namespace)")
-	cmd.Flags().String("label-size", "", "size of the label area at the end of PATH (default: found by its index block signature among 128K, 256K, 512K, 1M and 2M)")
+	cmd.Flags().String("label-size", "", "size of the label area at the end of PATH (default: found by its index block signature among 128K, 256K, 512K, 1M and 2M; create --labels writes 128K)")
 }
 
 // addForceRawFlag registers --force-raw on a command that opens a block
