@@ -6,7 +6,8 @@
 // (the BTT does, in btt/driver.go); adding one touches neither pmem nor
 // partition. Open probes the registered drivers in priority order and
 // falls back to the raw driver, which exposes the bytes as sectors with
-// no atomicity (like the kernel's /dev/pmem0).
+// no atomicity (like the kernel's /dev/pmem0), unless RawRefusal finds
+// the marks of a damaged format on the device (refuse.go).
 package block
 
 import (
@@ -69,6 +70,9 @@ type FastZeroer interface {
 // OpenOptions are passed to a driver's Open.
 type OpenOptions struct {
 	ReadOnly bool
+	// ForceRaw opens the device with the raw driver, whatever probing
+	// finds: the explicit way past RawRefusal.
+	ForceRaw bool
 	// SectorSize is used by drivers without on-media geometry (raw).
 	SectorSize int
 }
@@ -125,7 +129,9 @@ func Lookup(name string) (Driver, error) {
 	return Driver{}, fmt.Errorf("%w: %q", ErrNoDriver, name)
 }
 
-// Probe returns the first driver that claims dev, or the raw driver.
+// Probe returns the first driver that claims dev, or the raw driver, or,
+// when RawRefusal refuses dev as raw, the Unclaimed driver (whose Open
+// fails with ErrNotRaw) and the reason.
 func Probe(dev pmem.Device) (Driver, string) {
 	for _, d := range Drivers() {
 		if d.Probe == nil {
@@ -135,12 +141,19 @@ func Probe(dev pmem.Device) (Driver, string) {
 			return d, desc
 		}
 	}
+	if why := RawRefusal(dev); why != "" {
+		return Unclaimed, why
+	}
 	return rawDriver, "raw"
 }
 
-// Open probes dev and opens it with the driver that claims it.
+// Open probes dev and opens it with the driver that claims it (with
+// opt.ForceRaw, with the raw driver).
 func Open(dev pmem.Device, opt OpenOptions) (Device, Driver, error) {
 	d, _ := Probe(dev)
+	if opt.ForceRaw {
+		d = rawDriver
+	}
 	bd, err := d.Open(dev, opt)
 	if err != nil {
 		return nil, d, fmt.Errorf("%s: %w", d.Name, err)

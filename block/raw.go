@@ -12,7 +12,12 @@ import (
 var rawDriver = Driver{
 	Name:     "raw",
 	Priority: -1000,
-	Probe:    func(pmem.Device) (bool, string) { return true, "raw" },
+	Probe: func(dev pmem.Device) (bool, string) {
+		if RawRefusal(dev) != "" {
+			return false, ""
+		}
+		return true, "raw"
+	},
 	Open: func(dev pmem.Device, opt OpenOptions) (Device, error) {
 		return NewRaw(dev, opt.SectorSize, opt.ReadOnly)
 	},

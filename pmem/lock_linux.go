@@ -83,7 +83,8 @@ func (e *LockError) Unwrap() error {
 // Lock takes the lock Open takes, on [off, off+n) of d only: exclusive
 // when d is writable, shared when it is read-only. d is a Device returned
 // by Open (with Options.NoLock, or the lock Open took would conflict) or
-// a Window of one; the range is in d's own offsets. The lock lasts until
+// a Window of one (any device with Window's Parent method); the range is
+// in d's own offsets. The lock lasts until
 // the device Open returned is closed. Devices that are not backed by a
 // file (NewRAM) have nothing to lock: Lock returns nil.
 func Lock(d Device, off, n int64) error {
@@ -91,7 +92,7 @@ func Lock(d Device, off, n int64) error {
 		return err
 	}
 	for {
-		w, ok := d.(*Window)
+		w, ok := d.(interface{ Parent() (Device, int64) })
 		if !ok {
 			break
 		}

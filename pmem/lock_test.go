@@ -305,3 +305,25 @@ func TestLockKeepsPMDKOut(t *testing.T) {
 		t.Fatalf("open beside a flock(LOCK_EX) holder: %v", err)
 	}
 }
+
+// TestLockThroughWrappers: a device that wraps a Window (as the command
+// line's partition and namespace targets do) is locked through it.
+func TestLockThroughWrappers(t *testing.T) {
+	path := newImage(t, 1<<16)
+	d, err := pmem.Open(path, pmem.Options{NoLock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	w, err := pmem.NewWindow(d, 4096, 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped := struct{ *pmem.Window }{w}
+	if err := pmem.Lock(wrapped, 0, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg := startLockHelper(t, path, "rw-window", 8192, 4096); !strings.Contains(msg, "is in use") || !strings.Contains(msg, "bytes 8192-12287") {
+		t.Fatalf("a writer of the locked bytes: %q", msg)
+	}
+}

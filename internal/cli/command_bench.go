@@ -116,6 +116,7 @@ PMDK's benchmarks do on tmpfs).`,
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measurement to FILE")
 	_ = f.MarkHidden("cpuprofile")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 

@@ -83,9 +83,34 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 		}
 		return &ExitError{Code: code, Err: err}
 	}
+	labelFindings, labelsBroken, err := checkLabels(path, partitionOf(cmd))
+	if err != nil {
+		return finish(exitCodeOf(err, 8), err)
+	}
+	if !asJSON {
+		for _, f := range labelFindings {
+			fmt.Fprintln(out, f.String())
+		}
+	}
+	addLabelFindings := func(rep *btt.Report) {
+		rep.Findings = append(labelFindings, rep.Findings...)
+		for _, f := range labelFindings {
+			if f.Severity == btt.SevError {
+				rep.Errors++
+				rep.Remaining++
+			}
+		}
+	}
+	if labelsBroken {
+		addLabelFindings(res.Report)
+		if !asJSON {
+			fmt.Fprintf(out, "%s: namespace labels: %d error(s) found, none repairable by nvblk\n", path, res.Errors)
+		}
+		return finish(4, nil)
+	}
 	dev, err := openTarget(path, partitionOf(cmd), pmem.Options{ReadOnly: !repair, NoLock: forceShareOf(cmd)})
 	if err != nil {
-		return finish(8, err)
+		return finish(exitCodeOf(err, 8), err)
 	}
 	defer dev.Close()
 	opt := btt.CheckOptions{Repair: repair, RewriteLog: rewriteLog}
@@ -100,11 +125,12 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 	if err != nil {
 		return finish(exitCodeOf(err, 8), fmt.Errorf("%s: %w", path, err))
 	}
-	if repair && rep.NeedSize > dev.Size() && partitionOf(cmd) == 0 {
-		if rep, err = extendAndRecheck(path, rep, opt, out, asJSON); err != nil {
+	if repair && rep.NeedSize > dev.Size() && partitionOf(cmd).whole() {
+		if rep, err = extendAndRecheck(path, dev.Size(), rep, opt, out, asJSON); err != nil {
 			return finish(8, fmt.Errorf("%s: %w", path, err))
 		}
 	}
+	addLabelFindings(rep)
 	res.Report = rep
 	if !asJSON {
 		fmt.Fprintf(out, "%s: %s, %d arena(s): %d error(s) found, %d repaired, %d remaining%s\n",
@@ -126,10 +152,10 @@ func checkFunc(cmd *cobra.Command, path string, repair, rewriteLog, asJSON bool)
 // backup info block from the primary. The caller's open device keeps the
 // exclusive lock meanwhile. It returns the two reports merged, the
 // truncation counted as repaired.
-func extendAndRecheck(path string, rep *btt.Report, opt btt.CheckOptions, out io.Writer, asJSON bool) (*btt.Report, error) {
+func extendAndRecheck(path string, devSize int64, rep *btt.Report, opt btt.CheckOptions, out io.Writer, asJSON bool) (*btt.Report, error) {
 	st, err := os.Stat(path)
-	if err != nil || !st.Mode().IsRegular() || st.Size() >= rep.NeedSize {
-		return rep, nil // not an image file: the finding stays
+	if err != nil || !st.Mode().IsRegular() || st.Size() != devSize || st.Size() >= rep.NeedSize {
+		return rep, nil // not a whole image file (a namespace has its labels after it): the finding stays
 	}
 	if err := os.Truncate(path, rep.NeedSize); err != nil {
 		return nil, fmt.Errorf("extend to %d bytes: %w", rep.NeedSize, err)
@@ -216,4 +242,31 @@ func (p *progress) done() {
 	if p.shown {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// checkLabels reports the problems of PATH's namespace label area (none
+// when it has none) as findings: an invalid index block, a label skipped
+// as invalid or interleaved (warnings); no valid index block, a label
+// outside the device, overlapping labels (errors). broken says the area
+// has no valid index, so no namespace can be addressed.
+func checkLabels(path string, t target) (findings []btt.Finding, broken bool, err error) {
+	// A look at the label area only, like the partition table read of a
+	// narrowed target: the lock is openTarget's.
+	dev, err := pmem.Open(path, pmem.Options{ReadOnly: true, NoLock: true})
+	if err != nil {
+		return nil, false, err
+	}
+	defer dev.Close()
+	l, err := locateLabels(dev, t)
+	if l == nil {
+		return nil, false, err
+	}
+	for _, p := range l.Problems {
+		sev := btt.SevWarning
+		if p.Error {
+			sev = btt.SevError
+		}
+		findings = append(findings, btt.Finding{Severity: sev, Code: p.Code, Arena: -1, Offset: p.Offset, Message: p.Message})
+	}
+	return findings, err != nil, nil
 }

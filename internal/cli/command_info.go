@@ -32,6 +32,11 @@ type InfoJSON struct {
 	Truncated  bool        `json:"truncated,omitempty"`
 	Arenas     []ArenaJSON `json:"arenas,omitempty"`
 	Pool       *PoolJSON   `json:"pool,omitempty"` // pmemblk pools only
+	// Namespace is the namespace of a labelled image the device is
+	// (offsets above are then bytes into the namespace), with its label
+	// area.
+	Namespace *NamespaceJSON `json:"namespace,omitempty"`
+	LabelArea *LabelAreaJSON `json:"label_area,omitempty"`
 }
 
 // ArenaJSON describes one arena; offsets are as stored (arena-relative)
@@ -84,6 +89,7 @@ func newInfoCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addPartitionFlag(cmd)
 	addForceShareFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 
@@ -92,6 +98,18 @@ func describe(path string, dev pmem.Device, bd block.Device, drv block.Driver) I
 		SectorSize: bd.SectorSize(), Sectors: bd.Sectors(), LBASize: uint32(bd.SectorSize())}
 	if p, ok := bd.(*pmemblk.Pool); ok {
 		describePool(&info, p)
+	}
+	if nt, ok := dev.(*nsTarget); ok {
+		ns := nt.ns
+		info.Namespace = &NamespaceJSON{Number: ns.Number, UUID: ns.UUID, Name: ns.Name, Offset: ns.Offset, Size: ns.Size,
+			LBASize: ns.LBASize, ClaimClass: ns.ClaimClass, Cookie: fmt.Sprintf("%#x", ns.Cookie), Slot: ns.Slot}
+		a := nt.labels.Area
+		ix := &a.Index[a.Current]
+		info.LabelArea = &LabelAreaJSON{Offset: nt.labels.Offset, Size: nt.labels.Size, Version: a.Version(),
+			LabelSize: a.LabelSize, Slots: ix.NSlot, Index: a.Current, Sequence: ix.Seq}
+		for _, p := range nt.labels.Problems {
+			info.LabelArea.Problems = append(info.LabelArea.Problems, p.Message)
+		}
 	}
 	if b, ok := bd.(*btt.BTT); ok {
 		info.Format = "linux"
@@ -120,6 +138,13 @@ func describe(path string, dev pmem.Device, bd block.Device, drv block.Driver) I
 
 func printInfo(w io.Writer, i InfoJSON) {
 	fmt.Fprintf(w, "device:      %s (%d bytes, persistence %s)\n", i.Path, i.DeviceSize, i.Mode)
+	if ns, l := i.Namespace, i.LabelArea; ns != nil && l != nil {
+		fmt.Fprintf(w, "labels:      v%s at byte %d (%d bytes), index %d current (sequence %d)\n", l.Version, l.Offset, l.Size, l.Index, l.Sequence)
+		fmt.Fprintf(w, "namespace:   %d %s, uuid %s, %d bytes at byte %d, claim class %s\n", ns.Number, quoteName(ns.Name), ns.UUID, ns.Size, ns.Offset, ns.ClaimClass)
+		for _, p := range l.Problems {
+			fmt.Fprintf(w, "WARNING:     %s\n", p)
+		}
+	}
 	if i.Pool != nil {
 		printPoolInfo(w, i)
 		return

@@ -48,6 +48,7 @@ func newReadCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&count, "count", 0, "number of sectors (default: to the end)")
 	addPartitionFlag(cmd)
 	addForceShareFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 
@@ -93,6 +94,7 @@ func newWriteCommand() *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&lba, "lba", 0, "first sector")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 
@@ -119,5 +121,6 @@ func newZeroCommand() *cobra.Command {
 	cmd.Flags().Uint64Var(&count, "count", 1, "number of sectors")
 	_ = cmd.MarkFlagRequired("lba")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvblk/nvblk/block"
+	"github.com/nvblk/nvblk/nslabel"
 	"github.com/nvblk/nvblk/partition"
 	"github.com/nvblk/nvblk/pmem"
 )
@@ -35,9 +36,46 @@ type DeviceJSON struct {
 	// PartitionTable is present when the device holds a partition table,
 	// or a damaged one (then with Error set, and Personality describing
 	// the whole device).
-	PartitionTable *TableJSON       `json:"partition_table,omitempty"`
-	Partitions     []PartitionJSON  `json:"partitions,omitempty"`
-	Personality    *PersonalityJSON `json:"personality,omitempty"` // without a (valid) table
+	PartitionTable *TableJSON `json:"partition_table,omitempty"`
+	// LabelArea is present when the device is a labelled NVDIMM image:
+	// then Namespaces lists what its labels describe, each with its
+	// personality, and the device has no Personality of its own.
+	LabelArea   *LabelAreaJSON   `json:"label_area,omitempty"`
+	Namespaces  []NamespaceJSON  `json:"namespaces,omitempty"`
+	Partitions  []PartitionJSON  `json:"partitions,omitempty"`
+	Personality *PersonalityJSON `json:"personality,omitempty"` // without a (valid) table
+}
+
+// LabelAreaJSON describes the namespace label storage area of a device.
+type LabelAreaJSON struct {
+	Offset    int64    `json:"offset"` // bytes; the area runs to the end of the device
+	Size      int64    `json:"size"`
+	Version   string   `json:"version,omitempty"` // label format: 1.1, 1.2
+	LabelSize int      `json:"label_size,omitempty"`
+	Slots     uint32   `json:"slots,omitempty"`
+	FreeSlots int      `json:"free_slots,omitempty"`
+	Index     int      `json:"current_index"` // 0 or 1
+	Sequence  uint32   `json:"sequence,omitempty"`
+	Problems  []string `json:"problems,omitempty"`
+	Error     string   `json:"error,omitempty"`
+}
+
+// NamespaceJSON is one namespace of a label area; Offset and Size are
+// bytes of the device.
+type NamespaceJSON struct {
+	Number      int              `json:"number"` // --namespace N (ndctl's namespaceR.N)
+	UUID        string           `json:"uuid"`
+	Name        string           `json:"name"`
+	Offset      int64            `json:"offset"`
+	Size        int64            `json:"size"`
+	LBASize     uint64           `json:"lbasize"`
+	ClaimClass  string           `json:"claim_class"`         // btt, btt2, pfn, dax, none, unknown
+	Mode        string           `json:"mode,omitempty"`      // as ndctl: sector (a BTT), fsdax, devdax, raw
+	Cookie      string           `json:"isetcookie"`          // 0x-prefixed hex
+	QEMUSlot    *int             `json:"qemu_slot,omitempty"` // the qemu NVDIMM slot whose cookie the label carries
+	Slot        uint32           `json:"slot"`
+	Error       string           `json:"error,omitempty"`
+	Personality *PersonalityJSON `json:"personality,omitempty"`
 }
 
 // TableJSON describes a partition table.
@@ -92,11 +130,14 @@ func newListCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list [--json] PATH...",
-		Short: "Show devices, their partitions and what each holds (BTT, PMDK pool, raw)",
+		Short: "Show devices, their namespaces or partitions and what each holds (BTT, PMDK pool, raw)",
 		Long: `list shows each PATH as a tree, like ndctl list and lsblk: the device (size,
-persistence mode), its partition table and partitions (number, name, start, size,
-type and partition GUIDs), and the personality of the device or of each partition,
-found by probing the registered block drivers (btt, pmemblk, raw). It never writes.`,
+persistence mode); for a labelled NVDIMM image its label area (version, slots,
+sequence number) and namespaces (number, uuid, name, size, claim class, mode);
+otherwise its partition table and partitions (number, name, start, size, type and
+partition GUIDs); and the personality of the device, of each namespace or of each
+partition, found by probing the registered block drivers (btt, pmemblk, raw). It
+never writes.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return &ExitError{Code: 16, Err: errors.New("list needs at least one PATH")}
@@ -148,6 +189,12 @@ func inspectDevice(path string, forceShare bool) DeviceJSON {
 	}
 	defer dev.Close()
 	d.Size, d.Mode = dev.Size(), dev.Mode()
+	if l, err := locateLabels(dev, target{}); l != nil || err != nil {
+		d.LabelArea, d.Namespaces = labelsJSON(dev, l, err)
+		if err == nil {
+			return d
+		}
+	}
 	t, err := readTable(dev)
 	switch {
 	case err == nil:
@@ -170,6 +217,71 @@ func inspectDevice(path string, forceShare bool) DeviceJSON {
 		d.Personality = personality(dev)
 	}
 	return d
+}
+
+// labelsJSON describes a label area and its namespaces (each probed in
+// its own extent); err is Locate's.
+func labelsJSON(dev pmem.Device, l *nslabel.Labels, err error) (*LabelAreaJSON, []NamespaceJSON) {
+	if l == nil {
+		return &LabelAreaJSON{Error: err.Error()}, nil
+	}
+	lj := &LabelAreaJSON{Offset: l.Offset, Size: l.Size}
+	for _, p := range l.Problems {
+		lj.Problems = append(lj.Problems, p.Message)
+	}
+	if err != nil {
+		lj.Error = err.Error()
+		return lj, nil
+	}
+	a := l.Area
+	ix := &a.Index[a.Current]
+	lj.Version, lj.LabelSize, lj.Slots, lj.Index, lj.Sequence = a.Version(), a.LabelSize, ix.NSlot, a.Current, ix.Seq
+	for s := uint32(0); s < ix.NSlot; s++ {
+		if ix.SlotFree(s) {
+			lj.FreeSlots++
+		}
+	}
+	nss := []NamespaceJSON{}
+	for _, ns := range l.Namespaces {
+		nj := NamespaceJSON{Number: ns.Number, UUID: ns.UUID, Name: ns.Name, Offset: ns.Offset, Size: ns.Size,
+			LBASize: ns.LBASize, ClaimClass: ns.ClaimClass, Cookie: fmt.Sprintf("%#x", ns.Cookie), Slot: ns.Slot}
+		if slot, ok := nslabel.QEMUSlotOf(a.Version(), ns.Cookie); ok {
+			nj.QEMUSlot = &slot
+		}
+		if ns.Err != nil {
+			nj.Error = ns.Err.Error()
+			nss = append(nss, nj)
+			continue
+		}
+		w, err := pmem.NewWindow(dev, ns.Offset, ns.Size)
+		if err != nil {
+			nj.Error = err.Error()
+			nss = append(nss, nj)
+			continue
+		}
+		nt := &nsTarget{Window: w, parent: dev, ns: ns, labels: l}
+		nj.Personality = personality(nt)
+		w.Close()
+		nj.Mode = namespaceMode(ns.ClaimClass, nj.Personality)
+		nss = append(nss, nj)
+	}
+	return lj, nss
+}
+
+// namespaceMode is ndctl's mode of a namespace as Linux would use it:
+// fsdax or devdax for those claim classes (whatever the namespace
+// holds), sector when it holds a BTT (or a damaged one its label names),
+// raw otherwise.
+func namespaceMode(claim string, p *PersonalityJSON) string {
+	switch {
+	case claim == "pfn":
+		return "fsdax"
+	case claim == "dax":
+		return "devdax"
+	case p != nil && (p.Driver == "btt" || (p.Driver == "unclaimed" && (claim == "btt" || claim == "btt2"))):
+		return "sector"
+	}
+	return "raw"
 }
 
 func tableJSON(t *partition.Table) *TableJSON {
@@ -233,8 +345,42 @@ func printDevice(w io.Writer, d DeviceJSON) {
 			fmt.Fprintf(w, "  WARNING: %s\n", m)
 		}
 	}
+	if l := d.LabelArea; l != nil {
+		switch {
+		case l.Error != "":
+			fmt.Fprintf(w, "  labels: ERROR %s\n", l.Error)
+		default:
+			fmt.Fprintf(w, "  labels v%s at %d (%s): %d slots of %d bytes, %d free, index %d current (sequence %d)\n",
+				l.Version, l.Offset, humanSize(l.Size), l.Slots, l.LabelSize, l.FreeSlots, l.Index, l.Sequence)
+		}
+		for _, m := range l.Problems {
+			fmt.Fprintf(w, "  WARNING: %s\n", m)
+		}
+	}
 	if d.Personality != nil {
 		fmt.Fprintf(w, "  └─ %s\n", personalityLine(d.Personality))
+	}
+	for i, ns := range d.Namespaces {
+		branch := "├─"
+		if i == len(d.Namespaces)-1 {
+			branch = "└─"
+		}
+		qs := ""
+		if ns.QEMUSlot != nil {
+			qs = fmt.Sprintf("  qemu slot %d", *ns.QEMUSlot)
+		}
+		fmt.Fprintf(w, "  %snamespace %d  %s  %s  at %d  uuid %s  claim %s  mode %s%s\n", branch, ns.Number, quoteName(ns.Name),
+			humanSize(ns.Size), ns.Offset, ns.UUID, ns.ClaimClass, ns.Mode, qs)
+		indent := "│ "
+		if i == len(d.Namespaces)-1 {
+			indent = "  "
+		}
+		switch {
+		case ns.Error != "":
+			fmt.Fprintf(w, "  %s└─ ERROR %s\n", indent, ns.Error)
+		case ns.Personality != nil:
+			fmt.Fprintf(w, "  %s└─ %s\n", indent, personalityLine(ns.Personality))
+		}
 	}
 	if len(d.Partitions) == 0 {
 		return

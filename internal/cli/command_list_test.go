@@ -12,6 +12,7 @@ import (
 	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/internal/bttfixture"
 	"github.com/nvblk/nvblk/internal/testutil"
+	"github.com/nvblk/nvblk/nslabel"
 	"github.com/nvblk/nvblk/partition"
 	"github.com/nvblk/nvblk/pmem"
 )
@@ -123,6 +124,28 @@ func listFixtures() []listFixture {
 					t.Fatal(err)
 				}
 			}
+		}},
+		{"labels-v1.2", func(t *testing.T, p string) {
+			mustRun(t, nil, "create", "--labels", "--size", "24M", "--name", "vm-disk", "--parent-uuid", listUUIDP3, "--uuid", listUUIDWhole, p)
+		}},
+		{"labels-v1.1-512", func(t *testing.T, p string) {
+			mustRun(t, nil, "create", "--labels", "--label-version", "1.1", "--label-size", "256K", "--size", "24M",
+				"--sector-size", "512", "--parent-uuid", listUUIDP2, "--uuid", listUUIDWhole, "--nvdimm-slot", "1", p)
+		}},
+		{"labels-damaged-btt", func(t *testing.T, p string) {
+			mustRun(t, nil, "create", "--labels", "--size", "24M", "--name", "damaged", "--parent-uuid", listUUIDP3, "--uuid", listUUIDWhole, p)
+			patchFile(t, p, 0, make([]byte, 4096)) // primary info block
+			d, err := pmem.Open(p, pmem.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			l, err := nslabel.Locate(d, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// info2: the last 4 KiB of arena 0 (the namespace is one arena).
+			patchFile(t, p, l.Namespaces[0].Size-4096, make([]byte, 4096))
 		}},
 		{"pmemblk", func(t *testing.T, p string) {
 			if _, err := block.Lookup("pmemblk"); err != nil {

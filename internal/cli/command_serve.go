@@ -59,6 +59,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&o.exportName, "export-name", "", "NBD export name (the empty default name selects it too)")
 	f.DurationVar(&o.poll, "poll", nbd.DefaultPoll, "how long a busy connection polls for its next request before sleeping (0: never; saves a wake-up per request, costs CPU)")
 	addPartitionFlag(cmd)
+	addForceRawFlag(cmd)
 	return cmd
 }
 

@@ -52,7 +52,7 @@ func createPool(cmd *cobra.Command, path string, o *createOptions) error {
 	bsize := int(o.sectorSize)
 	part := partitionOf(cmd)
 	var p *pmemblk.Pool
-	if _, err := os.Stat(path); part == 0 && errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(path); part.whole() && errors.Is(err, os.ErrNotExist) {
 		p, err = pmemblk.Create(path, bsize, size)
 		if err != nil {
 			return err

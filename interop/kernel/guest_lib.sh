@@ -185,6 +185,18 @@ nv_mksector_labels() {
 	}
 }
 
+# nv_ndctl_ns K: what ndctl list -N -v says of disk K's namespace, as one
+# record (the JSON with its whitespace removed).
+nv_ndctl_ns() {
+	nv_find "$1"
+	if [ -z "$NS" ]; then
+		nv_e "$1" "no namespace to list"
+		return 1
+	fi
+	ndctl list -N -v -n "$NS" >/tmp/l 2>&1
+	nv_r "$1" ndctl "$(tr -d ' \t\n' </tmp/l)"
+}
+
 # nv_dev K: set DEV, or report that disk K has no sector device.
 nv_dev() {
 	nv_find "$1"

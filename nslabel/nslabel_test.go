@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/nvblk/nvblk/internal/testutil"
-	"github.com/nvblk/nvblk/interop/kernel/nslabel"
+	"github.com/nvblk/nvblk/nslabel"
 )
 
 // kernelLabels returns the label area of testdata/kernel's labelled image

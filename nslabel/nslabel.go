@@ -18,7 +18,14 @@
 // with a type GUID, an abstraction GUID (the claim class: which personality,
 // BTT 1.1, BTT 2.0, PFN or DAX, owns the namespace) and a checksum. The
 // abstraction GUID is what makes Linux look for a BTT 2.0 at namespace
-// offset 0 (btt-format.md 2.1).
+// offset 0; the kernel's btt_claim_class.
+//
+// The package reads an area (Parse, the decoder the kernel's validation
+// rules define), finds it on a device (Locate: by the index block signature
+// at the end of a backing file, as qemu places it), turns its labels into
+// namespaces (extents of the device), and writes it (Init, Update) with the
+// same crash-safe protocol as the kernel: a new label never overwrites a
+// label in use, and the index block written last is the commit point.
 package nslabel
 
 import (
