@@ -24,6 +24,7 @@ type job struct {
 	msg   string  // human-readable reason for errno
 	buf   *[]byte // WRITE payload (pooled), nil otherwise
 	cost  int64   // payload bytes charged to the connection's budget
+	start int64   // nanotime when the header was read (for the latency histogram)
 }
 
 // transmit runs the transmission phase with Workers goroutines in a
@@ -63,6 +64,7 @@ type worker struct {
 	// holds its reply back (see conn.sendOwned) until it would wait for
 	// the client, so the replies to a burst of requests leave together.
 	inline bool
+	errno  Errno // the error the request being run was answered with (for the counters)
 }
 
 // follow is one worker: take the reader role, read one request, run it.
@@ -209,7 +211,13 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 	}
 	c.requests++
 	errno, msg := c.check(&r)
-	j = job{req: r, errno: errno, msg: msg}
+	j = job{req: r, errno: errno, msg: msg, start: nanotime()}
+	switch r.typ {
+	case cmdRead:
+		c.bytesRead += int64(r.length)
+	case cmdWrite:
+		c.bytesWritten += int64(r.length)
+	}
 	switch {
 	case r.typ == cmdWrite:
 		// The payload must be consumed to stay in step, so its size
@@ -320,12 +328,14 @@ const (
 func (w *worker) execute(j job) {
 	c := w.c
 	defer c.budget.release(j.cost)
+	w.errno = 0
 	defer func() {
 		if p := recover(); p != nil {
 			containedPanics.Add(1)
 			c.log.Error("nbd: panic executing request", "panic", p, "type", j.req.typ, "stack", string(debug.Stack()))
 			w.replyErr(j.req, EIO, "internal server error")
 		}
+		c.ex.stats.record(j.req.typ, w.errno, j.req.length, j.start)
 	}()
 	r := j.req
 	if j.errno != 0 {
@@ -508,6 +518,7 @@ func (w *worker) replyErr(r request, errno Errno, msg string) {
 	if errno == 0 {
 		errno = EIO
 	}
+	w.errno = errno
 	if !c.structured {
 		w.replySimple(r.handle, errno)
 		return
