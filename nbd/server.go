@@ -12,6 +12,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nvblk/nvblk/block"
@@ -473,11 +474,17 @@ func (c *conn) serve() (err error) {
 	return err
 }
 
+// clientGone reports an error that only says the client went away.
+func clientGone(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}
+
 func (c *conn) logEnd(phase string, err error) {
 	switch {
 	case err == nil || errors.Is(err, io.EOF):
 		c.log.Info("nbd: connection closed", "phase", phase)
-	case errors.Is(err, ErrProtocol), phase == "handshake" && !errors.Is(err, ErrServerClosed):
+	case errors.Is(err, ErrProtocol), phase == "handshake" && !errors.Is(err, ErrServerClosed) && !clientGone(err):
+		// A broken protocol, an unknown export, a handshake timeout.
 		c.log.Warn("nbd: closing connection", "phase", phase, "err", err)
 	default:
 		c.log.Info("nbd: connection ended", "phase", phase, "err", err)
