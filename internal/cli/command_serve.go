@@ -88,6 +88,9 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	if len(o.exportName) > nbd.MaxStringLen {
 		return &ExitError{Code: 16, Err: fmt.Errorf("--export-name is longer than %d bytes", nbd.MaxStringLen)}
 	}
+	if o.run != "" && o.exitWhenIdle {
+		return &ExitError{Code: 16, Err: errors.New("--run and --exit-when-idle are mutually exclusive (--run stops when its command exits)")}
+	}
 	if o.maxConns < 0 {
 		return &ExitError{Code: 16, Err: fmt.Errorf("--max-connections %d: want 0 (no limit) or more", o.maxConns)}
 	}

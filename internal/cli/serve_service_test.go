@@ -601,3 +601,39 @@ func TestActivationEnv(t *testing.T) {
 		t.Errorf("listenerURI = %q", got)
 	}
 }
+
+// TestContribSystemdUnits: the units in contrib/systemd pass
+// systemd-analyze verify (with the test's binary in ExecStart), and the
+// service runs nvblk serve with flags it accepts.
+func TestContribSystemdUnits(t *testing.T) {
+	analyze := testutil.NeedTool(t, "systemd-analyze")
+	dir := t.TempDir()
+	bin := buildNvblk(t, dir)
+	src := filepath.Join(testutil.RepoRoot(), "contrib", "systemd")
+	var execStart string
+	for _, name := range []string{"nvblk-nbd.socket", "nvblk-nbd.service"} {
+		b, err := os.ReadFile(filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.ReplaceAll(string(b), "/usr/local/bin/nvblk", bin)
+		if m := regexp.MustCompile(`(?m)^ExecStart=(.*)$`).FindStringSubmatch(text); m != nil {
+			execStart = m[1]
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := runTool(t, toolEnv(), analyze, "verify", filepath.Join(dir, "nvblk-nbd.socket"), filepath.Join(dir, "nvblk-nbd.service"))
+	if err != nil {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	// The service's flags parse (--help stops before anything is opened).
+	args := strings.Fields(execStart)
+	if len(args) < 3 || args[0] != bin || args[1] != "serve" {
+		t.Fatalf("ExecStart=%s", execStart)
+	}
+	if out, err := runTool(t, toolEnv(), bin, append(args[1:len(args)-1], "--help")...); err != nil {
+		t.Fatalf("%s --help: %v\n%s", execStart, err, out)
+	}
+}
