@@ -459,7 +459,7 @@ func (c *conn) serve() (err error) {
 	c.log.Info("nbd: connection opened")
 	ex, err := c.handshake()
 	if err != nil {
-		c.logEnd("handshake", err)
+		c.logEnd(c.log, "handshake", err)
 		return err
 	}
 	if ex == nil { // NBD_OPT_ABORT
@@ -468,9 +468,9 @@ func (c *conn) serve() (err error) {
 	}
 	err = c.transmit(ex)
 	// transmit returns after its workers: c.requests is final.
-	c.log = c.log.With("export", ex.Name, "requests", c.requests,
-		"bytes_read", c.bytesRead, "bytes_written", c.bytesWritten)
-	c.logEnd("transmission", err)
+	// (c.log itself stays: a watchdog tick may still be using it.)
+	c.logEnd(c.log.With("export", ex.Name, "requests", c.requests,
+		"bytes_read", c.bytesRead, "bytes_written", c.bytesWritten), "transmission", err)
 	return err
 }
 
@@ -479,14 +479,14 @@ func clientGone(err error) bool {
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
 
-func (c *conn) logEnd(phase string, err error) {
+func (c *conn) logEnd(log *slog.Logger, phase string, err error) {
 	switch {
 	case err == nil || errors.Is(err, io.EOF):
-		c.log.Info("nbd: connection closed", "phase", phase)
+		log.Info("nbd: connection closed", "phase", phase)
 	case errors.Is(err, ErrProtocol), phase == "handshake" && !errors.Is(err, ErrServerClosed) && !clientGone(err):
 		// A broken protocol, an unknown export, a handshake timeout.
-		c.log.Warn("nbd: closing connection", "phase", phase, "err", err)
+		log.Warn("nbd: closing connection", "phase", phase, "err", err)
 	default:
-		c.log.Info("nbd: connection ended", "phase", phase, "err", err)
+		log.Info("nbd: connection ended", "phase", phase, "err", err)
 	}
 }
