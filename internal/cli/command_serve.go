@@ -183,7 +183,11 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 			return err
 		}
 		defer m.Close()
-		fmt.Fprintf(help, "metrics at %s\n", m.URL())
+		if o.run != "" {
+			fmt.Fprintf(stderr, "metrics at %s\n", m.URL())
+		} else {
+			fmt.Fprintf(stdout, "metrics at %s\n", m.URL())
+		}
 		if !m.loopback() {
 			fmt.Fprintf(stderr, "WARNING: the metrics at %s are reachable from other hosts\n", m.URL())
 		}

@@ -59,6 +59,18 @@ func activationListeners() ([]net.Listener, error) {
 			name = names[i]
 		}
 		syscall.CloseOnExec(fd)
+		// A connected socket (a socket unit with Accept=yes, or inetd
+		// style) would pass for a listener and fail every accept.
+		if acc, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err != nil || acc == 0 {
+			for _, l := range lns {
+				l.Close()
+			}
+			why := "it is not a listening socket (use Accept=no in the socket unit)"
+			if err != nil {
+				why = err.Error()
+			}
+			return nil, fmt.Errorf("socket activation: descriptor %d (%s): %s", fd, name, why)
+		}
 		f := os.NewFile(uintptr(fd), name)
 		ln, err := net.FileListener(f) // a duplicate: f is closed either way
 		f.Close()

@@ -188,6 +188,26 @@ func TestServeService(t *testing.T) {
 		}
 	})
 
+	// A socket unit with Accept=yes passes a connected socket: refused
+	// with a clear error, not served as a listener that fails to accept.
+	t.Run("SocketActivationAccept", func(t *testing.T) {
+		activate := testutil.NeedTool(t, "systemd-socket-activate")
+		nbdinfo := testutil.NeedTool(t, "nbdinfo")
+		sock := filepath.Join(t.TempDir(), "acc.sock")
+		p := startProc(t, toolEnv(), activate, "--accept", "-l", sock, bin, "serve", img)
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if out, err := runTool(t, toolEnv(), nbdinfo, "nbd+unix:///?socket="+sock); err == nil {
+				t.Fatalf("served a connected socket:\n%s", out)
+			}
+			if strings.Contains(p.stderr.String(), "not a listening socket (use Accept=no") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no refusal:\n%s", p.stderr)
+			}
+		}
+	})
+
 	t.Run("Run", func(t *testing.T) {
 		nbdcopy := testutil.NeedTool(t, "nbdcopy")
 		tdir := t.TempDir()
