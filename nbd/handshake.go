@@ -47,6 +47,7 @@ type conn struct {
 	bytesRead, bytesWritten int64
 
 	admitted *export // the export this connection is established on (Server.admit)
+	stats    counters
 }
 
 func newConn(s *Server, nc net.Conn) *conn {

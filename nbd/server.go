@@ -148,7 +148,12 @@ type export struct {
 	ExportInfo
 	dev   block.Device
 	shift uint // log2(SectorSize)
-	stats exportCounters
+	// closed holds the counters of the connections that have ended;
+	// those of open ones are each connection's own (conn.stats), so
+	// connections never share a counter's cache line. Server.Stats
+	// adds them up.
+	closed counters
+	conns  atomic.Int64 // established connections on this export now
 }
 
 // Server serves block devices over NBD. Create it with NewServer, add
@@ -358,7 +363,8 @@ func (s *Server) untrack(c *conn) {
 	delete(s.conns, c)
 	if c.admitted != nil {
 		s.established--
-		c.admitted.stats.conns.Add(-1)
+		c.admitted.conns.Add(-1)
+		c.stats.addTo(&c.admitted.closed) // under mu: Stats sees it in one place or the other
 	}
 	idle := len(s.conns) == 0
 	s.mu.Unlock()
@@ -379,7 +385,7 @@ func (s *Server) admit(c *conn, ex *export) bool {
 		return false
 	}
 	s.established++
-	ex.stats.conns.Add(1)
+	ex.conns.Add(1)
 	c.admitted = ex
 	return true
 }

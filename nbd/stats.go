@@ -7,9 +7,11 @@ import (
 
 // This file keeps the server's counters: per export, requests by
 // command with a latency histogram, bytes read, written and zeroed, and
-// errors by errno. The request path only adds to atomic counters (four
-// or five per request, no lock, no allocation); Server.Stats reads them
-// when asked (a metrics scrape).
+// errors by errno. The request path only adds to atomic counters of its
+// own connection (three or four per request, no lock, no allocation, no
+// cache line shared with other connections); a connection's counters
+// are added to its export's when it ends, and Server.Stats adds up the
+// rest when asked (a metrics scrape).
 
 // LatencyBounds are the upper bounds of the request latency histogram's
 // buckets (a request of exactly a bound falls in its bucket); a last,
@@ -87,13 +89,12 @@ type cmdCounters struct {
 	sum     atomic.Int64 // nanoseconds
 }
 
-// exportCounters are the live counters of one export, shared by its
-// connections.
-type exportCounters struct {
+// counters are the request counters of one connection, or of the ended
+// connections of one export.
+type counters struct {
 	cmds                                 [numCommands]cmdCounters
 	errs                                 [len(statErrnos) + 1]atomic.Uint64
 	bytesRead, bytesWritten, bytesZeroed atomic.Uint64
-	conns                                atomic.Int64 // established connections now
 }
 
 // latencyBucket is the index of d's histogram bucket.
@@ -108,7 +109,7 @@ func latencyBucket(d time.Duration) int {
 
 // record counts one answered request: its command, latency since start
 // (a nanotime value), and either its error or its bytes.
-func (s *exportCounters) record(typ uint16, errno Errno, length uint32, start int64) {
+func (s *counters) record(typ uint16, errno Errno, length uint32, start int64) {
 	d := time.Duration(nanotime() - start)
 	cmd := &s.cmds[min(int(typ), numCommands-1)]
 	cmd.buckets[latencyBucket(d)].Add(1)
@@ -132,6 +133,22 @@ func (s *exportCounters) record(typ uint16, errno Errno, length uint32, start in
 	case cmdTrim, cmdWriteZeroes:
 		s.bytesZeroed.Add(uint64(length))
 	}
+}
+
+// addTo adds s to d.
+func (s *counters) addTo(d *counters) {
+	for i := range s.cmds {
+		for b := range s.cmds[i].buckets {
+			d.cmds[i].buckets[b].Add(s.cmds[i].buckets[b].Load())
+		}
+		d.cmds[i].sum.Add(s.cmds[i].sum.Load())
+	}
+	for i := range s.errs {
+		d.errs[i].Add(s.errs[i].Load())
+	}
+	d.bytesRead.Add(s.bytesRead.Load())
+	d.bytesWritten.Add(s.bytesWritten.Load())
+	d.bytesZeroed.Add(s.bytesZeroed.Load())
 }
 
 // CommandStats counts the answered requests of one command.
@@ -179,9 +196,28 @@ type ServerStats struct {
 // for metrics scrapes, not for the request path.
 func (s *Server) Stats() ServerStats {
 	var st ServerStats
-	for _, ex := range s.sortedExports() {
+	exports := s.sortedExports()
+	// Each export's ended connections plus its open ones, under mu, so
+	// that a connection folding its counters into its export's (untrack)
+	// is counted once.
+	sum := make(map[*export]*counters, len(exports))
+	for _, ex := range exports {
+		sum[ex] = &counters{}
+	}
+	s.mu.Lock()
+	for _, ex := range exports {
+		ex.closed.addTo(sum[ex])
+	}
+	for c := range s.conns {
+		if d := sum[c.admitted]; d != nil {
+			c.stats.addTo(d)
+		}
+	}
+	st.Connections, st.Established = len(s.conns), s.established
+	s.mu.Unlock()
+	for _, ex := range exports {
+		c := sum[ex]
 		es := ExportStats{ExportInfo: ex.ExportInfo, Errors: map[string]uint64{}}
-		c := &ex.stats
 		for i := range c.cmds {
 			cs := &es.Commands[i]
 			cs.Command = CommandNames[i]
@@ -201,12 +237,9 @@ func (s *Server) Stats() ServerStats {
 			}
 		}
 		es.BytesRead, es.BytesWritten, es.BytesZeroed = c.bytesRead.Load(), c.bytesWritten.Load(), c.bytesZeroed.Load()
-		es.Connections = c.conns.Load()
+		es.Connections = ex.conns.Load()
 		st.Exports = append(st.Exports, es)
 	}
-	s.mu.Lock()
-	st.Connections, st.Established = len(s.conns), s.established
-	s.mu.Unlock()
 	st.Accepted, st.Refused = s.accepted.Load(), s.refused.Load()
 	return st
 }

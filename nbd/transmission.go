@@ -78,7 +78,7 @@ type worker struct {
 func (w *worker) count() {
 	if !w.recorded {
 		w.recorded = true
-		w.c.ex.stats.record(w.typ, w.errno, w.length, w.start)
+		w.c.stats.record(w.typ, w.errno, w.length, w.start)
 	}
 }
 
