@@ -657,3 +657,60 @@ func TestContribSystemdUnits(t *testing.T) {
 		t.Fatalf("%s --help: %v\n%s", execStart, err, out)
 	}
 }
+
+// TestServeMetricsDeviceState: a BTT whose primary info block is damaged
+// is served read-only from its backup, and the metrics say so; a bad
+// request is counted under its errno.
+func TestServeMetricsDeviceState(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "b.img")
+	var out, errb bytes.Buffer
+	if code := Main([]string{"create", "--size", "32M", img}, strings.NewReader(""), &out, &errb); code != 0 {
+		t.Fatalf("create: %s", errb.String())
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The linux format's first info block is at byte 4096.
+	if _, err := f.WriteAt([]byte("garbage"), 4096+64); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	uri, stdout, _, stop := runServe(t, "--socket", filepath.Join(dir, "b.sock"), "--metrics", "127.0.0.1:0", img)
+	var m []string // printed after the listening address
+	for deadline := time.Now().Add(10 * time.Second); m == nil; time.Sleep(5 * time.Millisecond) {
+		m = regexp.MustCompile(`metrics at (\S+)`).FindStringSubmatch(stdout.String())
+		if m == nil && time.Now().After(deadline) {
+			t.Fatalf("no metrics address:\n%s", stdout)
+		}
+	}
+	c := dialURI(t, uri)
+	if errno, _ := c.cmd(t, 1, 0, 4096, make([]byte, 4096)); errno != 1 { // EPERM
+		t.Fatalf("write to a BTT opened from its backup: errno %d", errno)
+	}
+	if errno, _ := c.cmd(t, 0, 0, 4096, nil); errno != 0 {
+		t.Fatalf("read: errno %d", errno)
+	}
+	got := scrape(t, m[1])
+	for name, want := range map[string]float64{
+		`nvblk_export_read_only{export=""}`:                       1,
+		`nvblk_device_from_backup{export=""}`:                     1,
+		`nvblk_device_arenas_in_error{export=""}`:                 0,
+		`nvblk_nbd_request_errors_total{errno="EPERM",export=""}`: 1,
+		`nvblk_nbd_requests_total{command="write",export=""}`:     1,
+		`nvblk_nbd_requests_total{command="read",export=""}`:      1,
+		`nvblk_nbd_read_bytes_total{export=""}`:                   4096,
+		`nvblk_nbd_written_bytes_total{export=""}`:                0,
+		`nvblk_nbd_connections_established`:                       1,
+		`nvblk_nbd_export_connections{export=""}`:                 1,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	c.Close()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
