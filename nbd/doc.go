@@ -130,6 +130,22 @@
 // value validated first. A connection's failure, or a panic while
 // serving it, never stops the server or other connections.
 //
+// # Connections and counters
+//
+// Options.MaxConns bounds the open connections in any phase (more are
+// closed before the greeting); Options.MaxEstablished bounds the
+// established ones, those in the transmission phase: NBD_OPT_GO past it
+// is answered NBD_REP_ERR_POLICY with a message ("too many
+// connections..."), NBD_OPT_EXPORT_NAME past it is disconnected, and the
+// established connections carry on. Options.OnIdle reports the end of
+// the last connection.
+//
+// Server.Stats returns per-export counters: answered requests by
+// command with a latency histogram (LatencyBounds), bytes read, written
+// and zeroed, failed requests by errno, and established connections.
+// The request path only adds to atomic counters (no lock, no
+// allocation); the snapshot is taken when asked.
+//
 // # Security
 //
 // There is no TLS and no authentication: listen on 127.0.0.1 or a unix

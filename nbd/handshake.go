@@ -43,6 +43,11 @@ type conn struct {
 	out       replyQueue    // replies waiting for the connection's writer
 	ahead     atomic.Int32  // requests buffered after the last one read (about)
 	requests  int64         // requests read (under rmu), for the closing log
+	// READ and WRITE bytes requested (under rmu), for the closing log.
+	bytesRead, bytesWritten int64
+
+	admitted *export // the export this connection is established on (Server.admit)
+	stats    counters
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -144,6 +149,10 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 			// The option cannot carry an error: the protocol says close.
 			return nil, true, fmt.Errorf("client asked for unknown export %q", data)
 		}
+		if !c.srv.admit(c, ex) {
+			// Neither can a refusal.
+			return nil, true, c.refusal()
+		}
 		c.selectExport(ex)
 		var b [8 + 2 + zeroPadLen]byte
 		be.PutUint64(b[0:], ex.Size)
@@ -183,6 +192,12 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 		ex := c.srv.lookup(req.name)
 		if ex == nil {
 			writeOptReply(bw, opt, repErrUnknown, []byte(fmt.Sprintf("no export named %q", req.name)))
+			return nil, false, nil
+		}
+		if opt == optGo && !c.srv.admit(c, ex) {
+			err := c.refusal()
+			c.log.Warn("nbd: refusing NBD_OPT_GO", "err", err)
+			writeOptReply(bw, opt, repErrPolicy, []byte(err.Error()))
 			return nil, false, nil
 		}
 		var p [2 + 8 + 2]byte
@@ -281,6 +296,11 @@ func (c *conn) metaContext(bw *bufio.Writer, opt uint32, data []byte) error {
 	}
 	writeOptReply(bw, opt, repAck, nil)
 	return nil
+}
+
+// refusal is the error of a client refused by Options.MaxEstablished.
+func (c *conn) refusal() error {
+	return fmt.Errorf("too many connections: the server is limited to %d established connections", c.srv.opt.MaxEstablished)
 }
 
 // selectExport drops the metadata contexts selected for another export

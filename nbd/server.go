@@ -11,6 +11,8 @@ import (
 	"runtime/debug"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nvblk/nvblk/block"
@@ -55,9 +57,21 @@ type Options struct {
 	// is bounded whatever the client sends). Default and minimum: twice
 	// the maximum block size.
 	MaxInFlightBytes int64
-	// MaxConns bounds concurrent connections; more are closed at once.
-	// Default 256.
+	// MaxConns bounds concurrent connections, in any phase; more are
+	// closed at once, before the greeting. Default 256, or
+	// MaxEstablished + 64 if that is more.
 	MaxConns int
+	// MaxEstablished bounds the established connections: those in the
+	// transmission phase, on any export. A client that asks to enter it
+	// (NBD_OPT_GO) while MaxEstablished connections are established is
+	// refused with NBD_REP_ERR_POLICY and a message saying why, and may
+	// go on haggling or abort; one that uses NBD_OPT_EXPORT_NAME, which
+	// cannot carry an error, is disconnected. The established
+	// connections are not disturbed. Zero: no bound beyond MaxConns.
+	MaxEstablished int
+	// OnIdle, if set, is called in a goroutine of its own each time the
+	// last open connection (in any phase) ends.
+	OnIdle func()
 	// HandshakeTimeout bounds the option haggling of one connection.
 	// Default 30 s.
 	HandshakeTimeout time.Duration
@@ -102,8 +116,11 @@ func (o *Options) setDefaults() {
 	if floor := 2 * int64(o.MaxBlockSize); o.MaxInFlightBytes < floor {
 		o.MaxInFlightBytes = floor
 	}
+	if o.MaxEstablished < 0 {
+		o.MaxEstablished = 0
+	}
 	if o.MaxConns <= 0 {
-		o.MaxConns = 256
+		o.MaxConns = max(256, o.MaxEstablished+64)
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 30 * time.Second
@@ -131,6 +148,12 @@ type export struct {
 	ExportInfo
 	dev   block.Device
 	shift uint // log2(SectorSize)
+	// closed holds the counters of the connections that have ended;
+	// those of open ones are each connection's own (conn.stats), so
+	// connections never share a counter's cache line. Server.Stats
+	// adds them up.
+	closed counters
+	conns  atomic.Int64 // established connections on this export now
 }
 
 // Server serves block devices over NBD. Create it with NewServer, add
@@ -145,8 +168,14 @@ type Server struct {
 	exports   map[string]*export
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	closed    bool
-	connWG    sync.WaitGroup
+	// established counts the connections in the transmission phase
+	// (admitted by admit, released by untrack): the notion
+	// Options.MaxEstablished bounds.
+	established int
+	closed      bool
+	connWG      sync.WaitGroup
+
+	accepted, refused atomic.Uint64 // see ServerStats
 }
 
 // NewServer returns a server with no exports.
@@ -318,9 +347,11 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 		return nil, false
 	}
 	if len(s.conns) >= s.opt.MaxConns {
+		s.refused.Add(1)
 		s.log.Warn("nbd: connection limit reached; closing", "remote", nc.RemoteAddr(), "limit", s.opt.MaxConns)
 		return nil, false
 	}
+	s.accepted.Add(1)
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
@@ -330,8 +361,33 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.admitted != nil {
+		s.established--
+		c.admitted.conns.Add(-1)
+		c.stats.addTo(&c.admitted.closed) // under mu: Stats sees it in one place or the other
+	}
+	idle := len(s.conns) == 0
 	s.mu.Unlock()
 	s.connWG.Done()
+	if idle && s.opt.OnIdle != nil {
+		go s.opt.OnIdle()
+	}
+}
+
+// admit lets c enter the transmission phase on ex, unless
+// Options.MaxEstablished connections are already established; it
+// reports whether it did.
+func (s *Server) admit(c *conn, ex *export) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opt.MaxEstablished > 0 && s.established >= s.opt.MaxEstablished {
+		s.refused.Add(1)
+		return false
+	}
+	s.established++
+	ex.conns.Add(1)
+	c.admitted = ex
+	return true
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, stops
@@ -406,30 +462,37 @@ func (c *conn) serve() (err error) {
 			err = fmt.Errorf("nbd: panic: %v", p)
 		}
 	}()
-	c.log.Debug("nbd: connection opened")
+	c.log.Info("nbd: connection opened")
 	ex, err := c.handshake()
 	if err != nil {
-		c.logEnd("handshake", err)
+		c.logEnd(c.log, "handshake", err)
 		return err
 	}
 	if ex == nil { // NBD_OPT_ABORT
-		c.log.Debug("nbd: client aborted the handshake")
+		c.log.Info("nbd: connection closed", "phase", "handshake", "reason", "the client aborted")
 		return nil
 	}
 	err = c.transmit(ex)
 	// transmit returns after its workers: c.requests is final.
-	c.log = c.log.With("export", ex.Name, "requests", c.requests)
-	c.logEnd("transmission", err)
+	// (c.log itself stays: a watchdog tick may still be using it.)
+	c.logEnd(c.log.With("export", ex.Name, "requests", c.requests,
+		"bytes_read", c.bytesRead, "bytes_written", c.bytesWritten), "transmission", err)
 	return err
 }
 
-func (c *conn) logEnd(phase string, err error) {
+// clientGone reports an error that only says the client went away.
+func clientGone(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}
+
+func (c *conn) logEnd(log *slog.Logger, phase string, err error) {
 	switch {
 	case err == nil || errors.Is(err, io.EOF):
-		c.log.Debug("nbd: connection closed", "phase", phase)
-	case errors.Is(err, ErrProtocol):
-		c.log.Warn("nbd: closing connection", "phase", phase, "err", err)
+		log.Info("nbd: connection closed", "phase", phase)
+	case errors.Is(err, ErrProtocol), phase == "handshake" && !errors.Is(err, ErrServerClosed) && !clientGone(err):
+		// A broken protocol, an unknown export, a handshake timeout.
+		log.Warn("nbd: closing connection", "phase", phase, "err", err)
 	default:
-		c.log.Info("nbd: connection ended", "phase", phase, "err", err)
+		log.Info("nbd: connection ended", "phase", phase, "err", err)
 	}
 }

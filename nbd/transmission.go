@@ -24,6 +24,7 @@ type job struct {
 	msg   string  // human-readable reason for errno
 	buf   *[]byte // WRITE payload (pooled), nil otherwise
 	cost  int64   // payload bytes charged to the connection's budget
+	start int64   // nanotime when the header was read (for the latency histogram)
 }
 
 // transmit runs the transmission phase with Workers goroutines in a
@@ -63,6 +64,22 @@ type worker struct {
 	// holds its reply back (see conn.sendOwned) until it would wait for
 	// the client, so the replies to a burst of requests leave together.
 	inline bool
+	// The request being run, for the counters (see count).
+	typ      uint16
+	length   uint32
+	start    int64
+	errno    Errno // the error it is answered with
+	recorded bool
+}
+
+// count adds the request being answered to its export's counters, once,
+// just before its reply is handed to the writer: a client that has seen
+// the reply finds the request counted.
+func (w *worker) count() {
+	if !w.recorded {
+		w.recorded = true
+		w.c.stats.record(w.typ, w.errno, w.length, w.start)
+	}
 }
 
 // follow is one worker: take the reader role, read one request, run it.
@@ -209,7 +226,13 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 	}
 	c.requests++
 	errno, msg := c.check(&r)
-	j = job{req: r, errno: errno, msg: msg}
+	j = job{req: r, errno: errno, msg: msg, start: nanotime()}
+	switch r.typ {
+	case cmdRead:
+		c.bytesRead += int64(r.length)
+	case cmdWrite:
+		c.bytesWritten += int64(r.length)
+	}
 	switch {
 	case r.typ == cmdWrite:
 		// The payload must be consumed to stay in step, so its size
@@ -320,6 +343,7 @@ const (
 func (w *worker) execute(j job) {
 	c := w.c
 	defer c.budget.release(j.cost)
+	w.typ, w.length, w.start, w.errno, w.recorded = j.req.typ, j.req.length, j.start, 0, false
 	defer func() {
 		if p := recover(); p != nil {
 			containedPanics.Add(1)
@@ -418,6 +442,7 @@ func (w *worker) replyRead(r request, lba uint64) {
 		be.PutUint32(b[4:], 0)
 		be.PutUint64(b[8:], r.handle)
 	}
+	w.count()
 	c.sendOwned(b, bp, w.inline)
 }
 
@@ -477,6 +502,7 @@ func (w *worker) replyBlockStatus(r request, lba, n uint64) {
 	be.PutUint64(b[8:], r.handle)
 	be.PutUint32(b[16:], uint32(len(b)-structuredHdrLen))
 	be.PutUint32(b[20:], metaAllocationID)
+	w.count()
 	c.sendOwned(b, bp, w.inline)
 }
 
@@ -486,6 +512,7 @@ func (w *worker) replySimple(handle uint64, errno Errno) {
 	be.PutUint32(b[0:], magicSimpleReply)
 	be.PutUint32(b[4:], uint32(errno))
 	be.PutUint64(b[8:], handle)
+	w.count()
 	c.sendOwned(b, nil, w.inline)
 }
 
@@ -497,6 +524,7 @@ func (w *worker) replyNone(handle uint64) {
 	be.PutUint16(b[6:], replyTypeNone)
 	be.PutUint64(b[8:], handle)
 	be.PutUint32(b[16:], 0)
+	w.count()
 	c.sendOwned(b, nil, w.inline)
 }
 
@@ -508,6 +536,7 @@ func (w *worker) replyErr(r request, errno Errno, msg string) {
 	if errno == 0 {
 		errno = EIO
 	}
+	w.errno = errno
 	if !c.structured {
 		w.replySimple(r.handle, errno)
 		return
@@ -525,6 +554,7 @@ func (w *worker) replyErr(r request, errno Errno, msg string) {
 	be.PutUint32(b[20:], uint32(errno))
 	be.PutUint16(b[24:], uint16(len(msg)))
 	copy(b[26:], msg)
+	w.count()
 	c.sendOwned(b, nil, w.inline)
 }
 

@@ -28,6 +28,7 @@ PKGS=(
 	fdisk
 	util-linux
 	xfsprogs
+	systemd
 )
 
 (($#)) && PKGS=("$@")

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -37,6 +37,15 @@ type serveOptions struct {
 	size       string
 	exportName string
 	poll       time.Duration
+
+	pidFile      string
+	run          string
+	maxConns     int
+	exitWhenIdle bool
+	verbose      int
+	logLevel     string
+	logFormat    string
+	metrics      string
 }
 
 func newServeCommand() *cobra.Command {
@@ -47,7 +56,8 @@ func newServeCommand() *cobra.Command {
 		Long: "Serve the device over the Network Block Device protocol until SIGINT or SIGTERM.\n" +
 			"It listens on " + DefaultListen + " (loopback only) unless told otherwise; NBD has no\n" +
 			"authentication, so only use --listen with another address on a trusted network.\n" +
-			"A missing PATH is created: a BTT (linux format, 4096-byte sectors) of --size bytes (default 1G).",
+			"A missing PATH is created: a BTT (linux format, 4096-byte sectors) of --size bytes (default 1G).\n" +
+			"Started by systemd socket activation (LISTEN_PID/LISTEN_FDS set), it serves on the sockets passed.",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return serveFunc(cmd, args, o) },
 	}
@@ -58,6 +68,14 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&o.size, "size", "", "size of PATH if it has to be created (64M, 1G, 1T or bytes); default 1G")
 	f.StringVar(&o.exportName, "export-name", "", "NBD export name (the empty default name selects it too)")
 	f.DurationVar(&o.poll, "poll", nbd.DefaultPoll, "how long a busy connection polls for its next request before sleeping (0: never; saves a wake-up per request, costs CPU)")
+	f.StringVar(&o.pidFile, "pid-file", "", "write the process id to this file once clients can connect; removed at exit")
+	f.StringVar(&o.run, "run", "", "captive mode: serve on a private unix socket, run this shell command with $uri, $nbd and $unixsocket set, stop when it exits and exit with its status")
+	f.IntVar(&o.maxConns, "max-connections", 0, "serve at most N clients at once; more are refused during the handshake (0: no limit beyond the server's 256 open connections)")
+	f.BoolVar(&o.exitWhenIdle, "exit-when-idle", false, "exit (status 0) when the last client disconnects")
+	f.CountVarP(&o.verbose, "verbose", "v", "log connections (-v) and protocol details (-vv) to stderr")
+	f.StringVar(&o.logLevel, "log-level", "", "log level: debug, info, warn (default) or error; overrides -v")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
+	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (PORT or HOST:PORT; a bare port or empty host means 127.0.0.1)")
 	addPartitionFlag(cmd)
 	addForceRawFlag(cmd)
 	return cmd
@@ -70,6 +88,32 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	}
 	if len(o.exportName) > nbd.MaxStringLen {
 		return &ExitError{Code: 16, Err: fmt.Errorf("--export-name is longer than %d bytes", nbd.MaxStringLen)}
+	}
+	if o.run != "" && o.exitWhenIdle {
+		return &ExitError{Code: 16, Err: errors.New("--run and --exit-when-idle are mutually exclusive (--run stops when its command exits)")}
+	}
+	if o.maxConns < 0 {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--max-connections %d: want 0 (no limit) or more", o.maxConns)}
+	}
+	logger, err := serveLogger(stderr, o.logLevel, o.verbose, o.logFormat)
+	if err != nil {
+		return err
+	}
+	metricsAt := ""
+	if o.metrics != "" {
+		if metricsAt, err = metricsAddr(o.metrics); err != nil {
+			return err
+		}
+	}
+	activated, err := activationListeners()
+	if err != nil {
+		return err
+	}
+	for _, ln := range activated {
+		defer ln.Close()
+	}
+	if activated != nil && (cmd.Flags().Changed("listen") || o.socket != "") {
+		return &ExitError{Code: 16, Err: errors.New("--listen and --socket cannot be used with systemd socket activation (LISTEN_FDS)")}
 	}
 	size, err := sizeFlag(o.size)
 	if err != nil {
@@ -89,46 +133,120 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	info := describe(path, dev, bd, drv)
 	readOnly := o.readOnly || info.ReadOnly
 
-	ln, uri, err := serveListen(o)
-	if err != nil {
-		return err
+	// --run serves on a private unix socket unless told where to listen.
+	if o.run != "" && activated == nil && !cmd.Flags().Changed("listen") && o.socket == "" {
+		dir, sock, err := privateSocketDir()
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.socket = sock
 	}
-	defer ln.Close()
+	lns := activated
+	var uri string
+	if lns == nil {
+		ln, u, err := serveListen(o)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		lns, uri = []net.Listener{ln}, u
+	} else {
+		uri = listenerURI(lns[0], o.exportName)
+	}
 
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger, Poll: pollOption(o.poll)})
+	idle := make(chan struct{}, 1)
+	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger, Poll: pollOption(o.poll),
+		MaxEstablished: o.maxConns, OnIdle: func() {
+			select {
+			case idle <- struct{}{}:
+			default:
+			}
+		}})
+	exports := &exportDevices{srv: srv}
 	desc := fmt.Sprintf("nvblk %s: %s", filepath.Base(path), formatDesc(info))
-	if err := srv.AddExport(o.exportName, desc, bd, readOnly); err != nil {
+	if err := exports.AddExport(o.exportName, desc, bd, readOnly); err != nil {
 		return err
 	}
-	printConnectHelp(stdout, path, info, readOnly, o, ln, uri)
-	closeParts, err := addPartitionExports(srv, dev, partitionOf(cmd), o.readOnly, uri, stdout)
+	help := stdout
+	if o.run != "" {
+		help = io.Discard // the command's output is the output
+	}
+	printConnectHelp(help, path, info, readOnly, o, lns, uri)
+	closeParts, err := addPartitionExports(exports, dev, partitionOf(cmd), o.readOnly, uri, help)
 	if err != nil {
 		return err
 	}
 	defer closeParts()
+	if metricsAt != "" {
+		m, err := startMetrics(metricsAt, srv, exports)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		if o.run != "" {
+			fmt.Fprintf(stderr, "metrics at %s\n", m.URL())
+		} else {
+			fmt.Fprintf(stdout, "metrics at %s\n", m.URL())
+		}
+		if !m.loopback() {
+			fmt.Fprintf(stderr, "WARNING: the metrics at %s are reachable from other hosts\n", m.URL())
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	serveErr := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
+	// Every listener accepts from here on (connections already queued
+	// included): the pid file tells scripts so.
+	if o.pidFile != "" {
+		if err := writePIDFile(o.pidFile); err != nil {
+			srv.Close()
+			return err
+		}
+		defer os.Remove(o.pidFile)
+	}
+	var captive *exec.Cmd
+	captiveDone := make(chan error, 1)
+	if o.run != "" {
+		if captive, err = runCaptive(o.run, lns[0], uri, cmd.InOrStdin(), stdout, stderr); err != nil {
+			srv.Close()
+			return err
+		}
+		go func() { captiveDone <- captive.Wait() }()
+	}
+	var idleC <-chan struct{}
+	if o.exitWhenIdle {
+		idleC = idle
+	}
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(stderr, "nvblk serve: shutting down")
+		if captive != nil {
+			runErr = captiveStatus(stopCaptive(captive, captiveDone, serveShutdownGrace))
+		}
 	case err := <-serveErr:
 		runErr = fmt.Errorf("serve %s: %w", uri, err)
+		if captive != nil {
+			stopCaptive(captive, captiveDone, serveShutdownGrace)
+		}
+	case err := <-captiveDone:
+		runErr = captiveStatus(err)
+	case <-idleC:
+		fmt.Fprintln(stderr, "nvblk serve: the last client disconnected; exiting (--exit-when-idle)")
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), serveShutdownGrace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		runErr = errors.Join(runErr, err)
-	}
-	if runErr == nil {
+	shutErr := srv.Shutdown(sctx)
+	if shutErr == nil {
 		fmt.Fprintln(stderr, "nvblk serve: stopped; every acknowledged write is durable")
 	}
-	return runErr
+	return errors.Join(runErr, shutErr)
 }
 
 // createIfMissing lays out the default device (linux-format BTT,
@@ -214,7 +332,7 @@ func formatDesc(i InfoJSON) string {
 	return fmt.Sprintf("BTT %s (%s), %d sectors of %d bytes", i.Version, i.Format, i.Sectors, i.SectorSize)
 }
 
-func printConnectHelp(w io.Writer, path string, info InfoJSON, readOnly bool, o *serveOptions, ln net.Listener, uri string) {
+func printConnectHelp(w io.Writer, path string, info InfoJSON, readOnly bool, o *serveOptions, lns []net.Listener, uri string) {
 	mode := "read-write"
 	if readOnly {
 		mode = "read-only"
@@ -222,27 +340,34 @@ func printConnectHelp(w io.Writer, path string, info InfoJSON, readOnly bool, o 
 	fmt.Fprintf(w, "serving %s (%s, %d bytes, %s) as NBD export %q\n",
 		path, formatDesc(info), info.Sectors*uint64(info.SectorSize), mode, o.exportName)
 	fmt.Fprintf(w, "listening on %s\n", uri)
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-		fmt.Fprintf(w, "WARNING: %s is reachable from other hosts and NBD has no authentication\n", tcp)
+	for _, ln := range lns[1:] {
+		fmt.Fprintf(w, "listening on %s\n", listenerURI(ln, o.exportName))
+	}
+	for _, ln := range lns {
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+			fmt.Fprintf(w, "WARNING: %s is reachable from other hosts and NBD has no authentication\n", tcp)
+		}
 	}
 	fmt.Fprintln(w, "connect with:")
 	fmt.Fprintf(w, "  nbdinfo '%s'\n", uri)
 	fmt.Fprintf(w, "  qemu-img info '%s'\n", uri)
 	var nc string
-	if o.socket != "" {
-		nc = fmt.Sprintf("nbd-client -unix %s /dev/nbd0 -b %d", ln.Addr().String(), info.SectorSize)
-	} else {
-		tcp := ln.Addr().(*net.TCPAddr)
-		host, _, _ := net.SplitHostPort(o.listen)
-		if host == "" {
-			host = "127.0.0.1"
+	switch a := lns[0].Addr().(type) {
+	case *net.UnixAddr:
+		nc = fmt.Sprintf("nbd-client -unix %s /dev/nbd0 -b %d", a.Name, info.SectorSize)
+	case *net.TCPAddr:
+		host := "127.0.0.1"
+		if u, err := url.Parse(uri); err == nil && u.Hostname() != "" {
+			host = u.Hostname()
 		}
-		nc = fmt.Sprintf("nbd-client %s %d /dev/nbd0 -b %d", host, tcp.Port, info.SectorSize)
+		nc = fmt.Sprintf("nbd-client %s %d /dev/nbd0 -b %d", host, a.Port, info.SectorSize)
 	}
 	if o.exportName != "" {
 		nc += " -N " + o.exportName
 	}
-	fmt.Fprintf(w, "  %s   # kernel client: modprobe nbd first; nbd-client -d /dev/nbd0 to detach\n", nc)
+	if nc != "" {
+		fmt.Fprintf(w, "  %s   # kernel client: modprobe nbd first; nbd-client -d /dev/nbd0 to detach\n", nc)
+	}
 	fmt.Fprintln(w, "stop with Ctrl-C (SIGINT) or SIGTERM")
 }
 
