@@ -41,6 +41,9 @@ type serveOptions struct {
 	pidFile      string
 	run          string
 	maxConns     int
+	maxHandshake int
+	handshakeTO  time.Duration
+	maxMemory    string
 	exitWhenIdle bool
 	verbose      int
 	logLevel     string
@@ -70,7 +73,10 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&o.poll, "poll", nbd.DefaultPoll, "how long a busy connection polls for its next request before sleeping (0: never; saves a wake-up per request, costs CPU)")
 	f.StringVar(&o.pidFile, "pid-file", "", "write the process id to this file once clients can connect; removed at exit")
 	f.StringVar(&o.run, "run", "", "captive mode: serve on a private unix socket, run this shell command with $uri, $nbd and $unixsocket set, stop when it exits and exit with its status")
-	f.IntVar(&o.maxConns, "max-connections", 0, "serve at most N clients at once; more are refused during the handshake (0: no limit beyond the server's 256 open connections)")
+	f.IntVar(&o.maxConns, "max-connections", 0, "serve at most N established clients at once; more are refused during the handshake (0: the default, 1024)")
+	f.IntVar(&o.maxHandshake, "max-handshakes", 0, "connections allowed in the handshake at once; a new one closes the oldest (0: the default, 64)")
+	f.DurationVar(&o.handshakeTO, "handshake-timeout", 10*time.Second, "how long a connection may take to finish its handshake")
+	f.StringVar(&o.maxMemory, "max-memory", "512M", "bound on the request and reply buffers of all connections together (requests wait beyond it)")
 	f.BoolVar(&o.exitWhenIdle, "exit-when-idle", false, "exit (status 0) when the last client disconnects")
 	f.CountVarP(&o.verbose, "verbose", "v", "log connections (-v) and protocol details (-vv) to stderr")
 	f.StringVar(&o.logLevel, "log-level", "", "log level: debug, info, warn (default) or error; overrides -v")
@@ -92,8 +98,15 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	if o.run != "" && o.exitWhenIdle {
 		return &ExitError{Code: 16, Err: errors.New("--run and --exit-when-idle are mutually exclusive (--run stops when its command exits)")}
 	}
-	if o.maxConns < 0 {
-		return &ExitError{Code: 16, Err: fmt.Errorf("--max-connections %d: want 0 (no limit) or more", o.maxConns)}
+	if o.maxConns < 0 || o.maxHandshake < 0 {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--max-connections %d, --max-handshakes %d: want 0 (the default) or more", o.maxConns, o.maxHandshake)}
+	}
+	if o.handshakeTO <= 0 {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--handshake-timeout %s: want more than 0", o.handshakeTO)}
+	}
+	maxMemory, err := ParseSize(o.maxMemory)
+	if err != nil {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--max-memory: %v", err)}
 	}
 	logger, err := serveLogger(stderr, o.logLevel, o.verbose, o.logFormat)
 	if err != nil {
@@ -157,7 +170,7 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 
 	idle := make(chan struct{}, 1)
 	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger, Poll: pollOption(o.poll),
-		MaxEstablished: o.maxConns, OnIdle: func() {
+		MaxEstablished: o.maxConns, MaxHandshakes: o.maxHandshake, HandshakeTimeout: o.handshakeTO, MaxMemory: maxMemory, OnIdle: func() {
 			select {
 			case idle <- struct{}{}:
 			default:

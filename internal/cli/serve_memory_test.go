@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rssAnon reads a process's anonymous resident memory (bytes) from
+// /proc/PID/status: the heap, not the mapped image.
+func rssAnon(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "RssAnon:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no RssAnon in /proc/%d/status", pid)
+}
+
+// TestServeMemoryBudget: 64 clients each ask for two 32 MiB reads and
+// read the replies slowly. Without a server-wide bound that is 4 GiB of
+// reply buffers; with --max-memory 256M the server's anonymous memory
+// stays under the budget plus a fixed overhead, and 10 s after the
+// clients are gone it is back under 100 MB.
+func TestServeMemoryBudget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short: moves 4 GiB through a server process")
+	}
+	const (
+		clients = 64
+		reqs    = 2
+		reqLen  = 32 << 20
+		budget  = 256 << 20
+		over    = 128 << 20 // runtime, goroutines, per-connection buffers, the collector's lag
+	)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	if _, e, c := runBin(t, nil, "create", "--size", "64M", img); c != 0 {
+		t.Fatalf("create: %s", e)
+	}
+	srv := startServeProc(t, "--socket", filepath.Join(dir, "s.sock"), "--max-memory", "256M", img)
+	pid := srv.cmd.Process.Pid
+	base, err := rssAnon(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []*nbdConn
+	for i := 0; i < clients; i++ {
+		conns = append(conns, dialURI(t, srv.uri))
+	}
+	// Sample the server's memory while the clients read.
+	var peak int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if r, err := rssAnon(pid); err == nil && r > peak {
+				peak = r
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	deadline := time.Now().Add(90 * time.Second)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetDeadline(deadline)
+			var req []byte
+			for k := 0; k < reqs; k++ {
+				req = be.AppendUint32(req, 0x25609513)
+				req = be.AppendUint16(req, 0)
+				req = be.AppendUint16(req, 0) // NBD_CMD_READ
+				req = be.AppendUint64(req, uint64(i*reqs+k))
+				req = be.AppendUint64(req, uint64(k)*(16<<20))
+				req = be.AppendUint32(req, reqLen)
+			}
+			if _, err := c.Write(req); err != nil {
+				errs <- err
+				return
+			}
+			buf := make([]byte, 1<<20)
+			for k := 0; k < reqs; k++ {
+				h := make([]byte, 16)
+				if _, err := io.ReadFull(c.br, h); err != nil || be.Uint32(h) != 0x67446698 || be.Uint32(h[4:]) != 0 {
+					errs <- fmt.Errorf("client %d: reply % x: %v", i, h, err)
+					return
+				}
+				for left := reqLen; left > 0; left -= len(buf) {
+					if _, err := io.ReadFull(c.br, buf[:min(left, len(buf))]); err != nil {
+						errs <- fmt.Errorf("client %d: %v", i, err)
+						return
+					}
+					time.Sleep(2 * time.Millisecond) // a slow reader
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	t.Logf("server anonymous memory: %d MiB at start, peak %d MiB with %d clients x %d reads of %d MiB in flight (budget %d MiB)",
+		base>>20, peak>>20, clients, reqs, reqLen>>20, budget>>20)
+	if peak > budget+over {
+		t.Errorf("peak anonymous memory %d MiB, more than the %d MiB budget plus %d MiB", peak>>20, budget>>20, over>>20)
+	}
+	var after int64
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if after, err = rssAnon(pid); err != nil {
+			t.Fatal(err)
+		}
+		if after < 100<<20 || time.Now().After(end) {
+			break
+		}
+	}
+	t.Logf("server anonymous memory after the clients left: %d MiB", after>>20)
+	if after >= 100<<20 {
+		t.Errorf("anonymous memory %d MiB 10 s after the clients left, want under 100 MB", after>>20)
+	}
+}
