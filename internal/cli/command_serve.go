@@ -256,10 +256,24 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	sctx, cancel := context.WithTimeout(context.Background(), serveShutdownGrace)
 	defer cancel()
 	shutErr := srv.Shutdown(sctx)
-	if shutErr == nil {
+	switch failed := ioErrors(srv.Stats()); {
+	case failed > 0:
+		fmt.Fprintf(stderr, "nvblk serve: stopped; %d request(s) failed with I/O errors: the device may be damaged or gone, check it (nvblk check %s)\n", failed, path)
+	case shutErr == nil:
 		fmt.Fprintln(stderr, "nvblk serve: stopped; every acknowledged write is durable")
 	}
 	return errors.Join(runErr, shutErr)
+}
+
+// ioErrors counts the requests that failed with EIO, on every export:
+// the device failed them (a media error, a file truncated under the
+// server), as opposed to the client's mistakes (EINVAL, EPERM, ...).
+func ioErrors(st nbd.ServerStats) uint64 {
+	var n uint64
+	for _, ex := range st.Exports {
+		n += ex.Errors["EIO"]
+	}
+	return n
 }
 
 // createIfMissing lays out the default device (linux-format BTT,

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -144,5 +145,45 @@ func TestServeMemoryBudget(t *testing.T) {
 	t.Logf("server anonymous memory after the clients left: %d MiB", after>>20)
 	if after >= 100<<20 {
 		t.Errorf("anonymous memory %d MiB 10 s after the clients left, want under 100 MB", after>>20)
+	}
+}
+
+// TestServeNoDurabilityClaimAfterIOErrors: when the image file is cut
+// short under the server, requests fail with EIO, and at the end the
+// server says how many failed instead of calling every acknowledged
+// write durable.
+func TestServeNoDurabilityClaimAfterIOErrors(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	if _, e, c := runBin(t, nil, "create", "--size", "32M", img); c != 0 {
+		t.Fatalf("create: %s", e)
+	}
+	srv := startServeProc(t, "--socket", filepath.Join(dir, "s.sock"), img)
+	c := dialURI(t, srv.uri)
+	if errno, _ := c.cmd(t, 1, 0, 4096, make([]byte, 4096)); errno != 0 {
+		t.Fatalf("write before the damage: errno %d", errno)
+	}
+	if err := os.Truncate(img, 8192); err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for lba := uint64(100); lba < 103; lba++ {
+		if errno, _ := c.cmd(t, 0, lba*4096, 4096, nil); errno == 5 { // EIO
+			failed++
+		}
+	}
+	if failed != 3 {
+		t.Fatalf("%d of 3 reads of the truncated image failed with EIO", failed)
+	}
+	c.Close()
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-srv.waited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	e := srv.stderr.String()
+	if strings.Contains(e, "durable") || !strings.Contains(e, "3 request(s) failed with I/O errors") {
+		t.Errorf("serve's last words after I/O errors:\n%s", e)
 	}
 }
