@@ -5,6 +5,9 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/nvblk/nvblk/block"
+	"github.com/nvblk/nvblk/pmem"
 )
 
 // TestAdmissionFlood: 300 established connections that stay idle and a
@@ -85,5 +88,31 @@ func TestHandshakeSlotsEvictOldest(t *testing.T) {
 	}
 	if st := ts.Stats(); st.Evicted != 1 {
 		t.Errorf("evicted %d, want 1", st.Evicted)
+	}
+}
+
+// TestReadOnlyRawExport: a raw device opened read-only is exported
+// read-only (block.Raw had no ReadOnly method, so it was exported as
+// writable and writes failed with EIO only when they reached it).
+func TestReadOnlyRawExport(t *testing.T) {
+	ram, err := pmem.NewRAM(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ram.Close()
+	raw, err := block.NewRaw(ram, 512, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Options{}, withExport("", "", raw, false))
+	if ex := ts.Exports(); len(ex) != 1 || !ex[0].ReadOnly {
+		t.Fatalf("exports %+v: want the read-only raw device read-only", ex)
+	}
+	c := connect(t, ts, "", false)
+	if c.flags&FlagReadOnly == 0 {
+		t.Fatalf("transmission flags %#x lack NBD_FLAG_READ_ONLY", c.flags)
+	}
+	if r := c.do(cmdWrite, 0, 0, 512, make([]byte, 512)); r.errno != EPERM {
+		t.Fatalf("write: errno %d, want EPERM", r.errno)
 	}
 }

@@ -228,12 +228,8 @@ func NewServer(opt Options) *Server {
 	return s
 }
 
-// ReadOnlyDevice is implemented by devices that can refuse writes (the
-// BTT when opened read-only or from a backup info block); such a device
-// is always exported read-only.
-type ReadOnlyDevice interface {
-	ReadOnly() bool
-}
+// ReadOnlyDevice is block.ReadOnlyDevice.
+type ReadOnlyDevice = block.ReadOnlyDevice
 
 // AddExport serves dev under name (the empty name is the default
 // export) with a human-readable description shown by NBD_OPT_LIST and

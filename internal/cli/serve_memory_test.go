@@ -187,3 +187,38 @@ func TestServeNoDurabilityClaimAfterIOErrors(t *testing.T) {
 		t.Errorf("serve's last words after I/O errors:\n%s", e)
 	}
 }
+
+// TestServeLongSocketPathIsNotUsage: a unix socket path longer than the
+// system allows is an operational error (exit 1, naming the bind), not
+// a usage error (16): the exit status used to be picked by matching
+// "invalid argument" in the message.
+func TestServeLongSocketPathIsNotUsage(t *testing.T) {
+	dir := t.TempDir()
+	long := filepath.Join(dir, strings.Repeat("s", 200)+".sock")
+	_, e, code := run(t, nil, "serve", "--socket", long, "--size", "32M", filepath.Join(dir, "img"))
+	if code != 1 || !strings.Contains(e, "bind") {
+		t.Errorf("serve on a %d-byte socket path: exit %d, %s", len(long), code, e)
+	}
+	// Real usage errors still exit 16.
+	for _, args := range [][]string{{"read", "--lba", "x", "img"}, {"read"}, {"info", "a", "b"}, {"serve", "--bogus"}, {"frobnicate"}} {
+		if _, e, code := run(t, nil, args...); code != 16 {
+			t.Errorf("nvblk %v: exit %d, want 16 (%s)", args, code, e)
+		}
+	}
+}
+
+// TestSmallImageNoWarning: commands on an image under 8 KiB print no
+// "pmem: access out of range" warning (the BTT probe read past the end
+// of the device, which the device reports as a caller bug).
+func TestSmallImageNoWarning(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "small.img")
+	if err := os.WriteFile(img, make([]byte, 6144), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"info", img}, {"list", img}, {"read", "--lba", "0", "--count", "1", "--force-raw", img}} {
+		_, e, _ := run(t, nil, args...)
+		if strings.Contains(e, "out of range") || strings.Contains(e, "WARN") {
+			t.Errorf("nvblk %v warns: %s", args, e)
+		}
+	}
+}
