@@ -80,7 +80,6 @@ type BTT struct {
 	closed     atomic.Bool
 	log        *slog.Logger
 	zeros      []byte
-	closeOnce  sync.Once
 }
 
 type lane struct {
