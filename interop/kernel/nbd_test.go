@@ -64,7 +64,11 @@ func TestKernelNBDClient(t *testing.T) {
 	defer func() { fsB.close() }()
 
 	var logs testutil.LockedBuffer
-	srv := nbd.NewServer(nbd.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	// qemu's guestfwd connects to the server when qemu starts, and the
+	// guest's handshake comes only after it has booted (8 s on an idle
+	// machine, more on a busy one): give the handshake the whole boot.
+	srv := nbd.NewServer(nbd.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		HandshakeTimeout: 4 * time.Minute})
 	dev := &flushCounter{BTT: o.BTT}
 	if err := srv.AddExport("", "", dev, false); err != nil {
 		t.Fatal(err)
