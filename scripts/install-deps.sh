@@ -21,6 +21,7 @@ PKGS=(
 	libnbd-bin
 	python3-libnbd
 	nbdkit
+	gnutls-bin
 	fio
 	fuse3
 	e2fsprogs

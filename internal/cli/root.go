@@ -50,7 +50,7 @@ func NewRoot() *cobra.Command {
 	}
 	root.AddCommand(newCreateCommand(), newInfoCommand(), newReadCommand(), newWriteCommand(),
 		newZeroCommand(), newBenchCommand(), newServeCommand(), newCheckCommand(),
-		newPartitionCommand(), newListCommand())
+		newPartitionCommand(), newListCommand(), newCertsCommand())
 	return root
 }
 
