@@ -22,6 +22,7 @@ PKGS=(
 	python3-libnbd
 	nbdkit
 	gnutls-bin
+	nbd-client
 	fio
 	fuse3
 	e2fsprogs

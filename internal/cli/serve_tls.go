@@ -192,8 +192,12 @@ func printTLSHelp(w io.Writer, t *serveTLSFlags, lns []net.Listener, exportName 
 			host = "127.0.0.1"
 		}
 		fmt.Fprintf(w, "  qemu-img info --object %s --image-opts driver=nbd,host=%s,port=%s,tls-creds=tls0%s\n", obj, host, strconv.Itoa(a.Port), exp)
-		fmt.Fprintf(w, "  nbd-client %s %d /dev/nbd0 -cacertfile %s -certfile %s -keyfile %s   # if your nbd-client is built with GnuTLS\n",
-			host, a.Port, filepath.Join(t.dir, tlscreds.CACert), filepath.Join(t.dir, tlscreds.ClientCert), filepath.Join(t.dir, tlscreds.ClientKey))
+		nc := fmt.Sprintf("nbd-client %s %d /dev/nbd0 -cacertfile %s -certfile %s -keyfile %s", host, a.Port,
+			filepath.Join(t.dir, tlscreds.CACert), filepath.Join(t.dir, tlscreds.ClientCert), filepath.Join(t.dir, tlscreds.ClientKey))
+		if exportName != "" {
+			nc += " -N " + exportName
+		}
+		fmt.Fprintf(w, "  %s   # kernel client: modprobe nbd first\n", nc)
 	case *net.UnixAddr:
 		fmt.Fprintf(w, "  qemu-img info --object %s --image-opts driver=nbd,server.type=unix,server.path=%s,tls-creds=tls0%s\n", obj, a.Name, exp)
 	}

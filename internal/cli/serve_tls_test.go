@@ -226,6 +226,22 @@ func TestServeTLSRealClients(t *testing.T) {
 					t.Fatalf("nbdsh over TLS: %v\n%s", err, out)
 				}
 			}
+			// nbd-client (the kernel client's user-space half, built with
+			// GnuTLS in Debian) negotiates TLS and lists the exports;
+			// attaching /dev/nbdN needs the nbd module.
+			if nbdClient, err := exec.LookPath("nbd-client"); err == nil || testutil.InCI() {
+				if err != nil {
+					t.Fatal(err)
+				}
+				out, err := runTool(t, env, nbdClient, "-l", "127.0.0.1", port, "-cacertfile", filepath.Join(creds, "ca-cert.pem"),
+					"-certfile", filepath.Join(creds, "client-cert.pem"), "-keyfile", filepath.Join(creds, "client-key.pem"))
+				if err != nil || !strings.Contains(out, "nvblk tls.img") {
+					t.Errorf("nbd-client -l over TLS: %v\n%s", err, out)
+				}
+				if out, err := runTool(t, env, nbdClient, "-l", "127.0.0.1", port); err == nil || !strings.Contains(out, "requires TLS") {
+					t.Errorf("nbd-client -l without TLS: %v\n%s", err, out)
+				}
+			}
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
