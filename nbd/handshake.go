@@ -24,6 +24,7 @@ type conn struct {
 
 	raw  net.Conn          // the accepted socket
 	tls  *tls.Conn         // after NBD_OPT_STARTTLS (see tls.go)
+	wire *tlsWire          // the socket under tls
 	peer *x509.Certificate // the client's TLS certificate, if any
 
 	shutdown   atomic.Bool // Shutdown began: read no further requests

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 )
 
 // NBD_REP_ERR_TLS_REQD: the option is refused until the client has
@@ -38,6 +39,9 @@ func (o *Options) tlsDefaults() {
 		o.TLS.MinVersion = tls.VersionTLS12
 	}
 	o.TLS.SessionTicketsDisabled = true
+	// Full-size records from the start: NBD moves blocks, and the
+	// first bytes of a connection are the handshake's anyway.
+	o.TLS.DynamicRecordSizingDisabled = true
 }
 
 // beforeTLS answers the options of a connection that has not upgraded
@@ -98,7 +102,8 @@ func truncate(b []byte) string {
 // connection (under the handshake deadline already set on it) and
 // switches the connection's reader and writers to the TLS stream.
 func (c *conn) upgradeTLS(bw *bufio.Writer) error {
-	tc := tls.Server(polledConn{Conn: c.raw, r: newPollReader(c.raw, c.srv.opt.Poll, c.srv.pollGate)}, c.srv.opt.TLS)
+	c.wire = &tlsWire{Conn: c.raw, r: newPollReader(c.raw, c.srv.opt.Poll, c.srv.pollGate)}
+	tc := tls.Server(c.wire, c.srv.opt.TLS)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
@@ -158,11 +163,76 @@ func (c *conn) closeConn() {
 	c.raw.Close()
 }
 
-// polledConn reads a socket through a pollReader, so a TLS connection
-// polls for its next request like a plaintext one.
-type polledConn struct {
-	net.Conn
-	r io.Reader
+// writeBatch writes one batch of replies (transmission's writer). Over
+// TLS the records of the whole batch are collected and written with as
+// few system calls as the socket takes them: crypto/tls writes each
+// buffer it is given as records of its own, one system call each,
+// where a plaintext batch is one writev.
+func (c *conn) writeBatch(b *net.Buffers) (int64, error) {
+	if c.tls == nil {
+		return b.WriteTo(c.nc)
+	}
+	c.wire.batch(true)
+	n, err := b.WriteTo(c.tls)
+	if ferr := c.wire.batch(false); err == nil {
+		err = ferr
+	}
+	return n, err
 }
 
-func (p polledConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+// tlsWire is the socket under a TLS connection: it reads through a
+// pollReader, so a TLS connection polls for its next request like a
+// plaintext one, and during a batch (writeBatch) it collects the TLS
+// records written instead of writing each at once.
+type tlsWire struct {
+	net.Conn
+	r io.Reader
+
+	mu       sync.Mutex // crypto/tls may write an alert from the reader
+	batching bool
+	buf      []byte
+}
+
+func (w *tlsWire) Read(b []byte) (int, error) { return w.r.Read(b) }
+
+// tlsBatchMax bounds the records collected before they are written.
+const tlsBatchMax = 256 << 10
+
+func (w *tlsWire) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.batching {
+		return w.Conn.Write(b)
+	}
+	if len(w.buf)+len(b) > tlsBatchMax {
+		if err := w.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(b) > tlsBatchMax {
+			return w.Conn.Write(b)
+		}
+	}
+	w.buf = append(w.buf, b...)
+	return len(b), nil
+}
+
+// batch starts (on) or ends a batch; ending it writes what was
+// collected.
+func (w *tlsWire) batch(on bool) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.batching = on
+	if on {
+		return nil
+	}
+	return w.flushLocked()
+}
+
+func (w *tlsWire) flushLocked() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.Conn.Write(w.buf)
+	w.buf = w.buf[:0]
+	return err
+}
