@@ -647,8 +647,8 @@ func (c *conn) writeReplies() {
 		o.cond.Broadcast()
 		o.mu.Unlock()
 		o.wiov = append(append(o.wiov[:0], o.wvecs...), o.wsmall)
-		o.wbufs = o.wiov                 // WriteTo consumes wbufs, not wiov
-		_, err := c.writeBatch(&o.wbufs) // o.wbufs.WriteTo(c.nc), batched over TLS
+		o.wbufs = o.wiov // WriteTo consumes wbufs, not wiov
+		_, err := c.writeBatch(&o.wbufs)
 		clear(o.wiov)
 		for i, p := range o.wowned {
 			putBuf(p)
