@@ -17,6 +17,9 @@
  *   raw-btt    what one BTT sector write must persist at least: raw-nt, then
  *              two 8-byte log halves and one 4-byte map entry, each
  *              pmem_persist'ed (flush + fence) on its own, in that order
+ *   raw-nvblk-write  exactly nvblk's persistence steps for one sector write
+ *              (two fences; see raw_nvblk_write), no locks: nvblk's floor
+ *   raw-nvblk-read   a map entry load, then the 4 KiB copy out
  *   raw-store  plain 4 KiB memcpy into the mapping, no flush, no fence
  *   raw-load   plain 4 KiB memcpy out of the mapping
  *
@@ -59,7 +62,8 @@
 #define BATCH 64
 #define RAW_BLOCK 4096
 
-enum mode { M_WRITE, M_READ, M_FILL, M_CREATE, M_RAW_NT, M_RAW_PMEM, M_RAW_BTT, M_RAW_STORE, M_RAW_LOAD };
+enum mode { M_WRITE, M_READ, M_FILL, M_CREATE, M_RAW_NT, M_RAW_PMEM, M_RAW_BTT, M_RAW_STORE, M_RAW_LOAD,
+	M_RAW_NVBLK_W, M_RAW_NVBLK_R };
 
 static const struct {
 	const char *name;
@@ -68,6 +72,7 @@ static const struct {
 	{"write", M_WRITE}, {"read", M_READ}, {"fill", M_FILL}, {"create", M_CREATE},
 	{"raw-nt", M_RAW_NT}, {"raw-pmem", M_RAW_PMEM}, {"raw-btt", M_RAW_BTT},
 	{"raw-store", M_RAW_STORE}, {"raw-load", M_RAW_LOAD},
+	{"raw-nvblk-write", M_RAW_NVBLK_W}, {"raw-nvblk-read", M_RAW_NVBLK_R},
 };
 
 struct worker {
@@ -268,6 +273,49 @@ static inline void raw_btt_write(struct worker *w, uint64_t nblk)
 	pmem_persist(map, 4);
 }
 
+/*
+ * raw-nvblk-write: exactly the persistence steps of an nvblk BTT sector
+ * write (btt commit), with no locks and no checks: read the LBA's map
+ * entry; the data into a block with non-temporal stores; the log entry's
+ * first half stored and flushed, with the lane's previous map entry's
+ * line; one fence; the second half stored, flushed, fenced; the map
+ * entry stored and left pending for the next write. Same layout as
+ * raw-btt. raw-nvblk-read: read the LBA's map entry, then copy the block
+ * out (an nvblk read, without its read-tracking and checks).
+ */
+static inline void raw_nvblk_write(struct worker *w, uint64_t nblk, uint32_t **pend)
+{
+	uint64_t meta = nblk / 64;
+	uint64_t maparea = meta * RAW_BLOCK - 4096;
+	uint32_t *map = (uint32_t *)(raw_base + 4096 + 4 * next(&w->rng, maparea / 4));
+	volatile uint32_t old = *map;
+	(void)old;
+	uint64_t blk = meta + next(&w->rng, nblk - meta);
+	copy_nt(raw_base + blk * RAW_BLOCK, w->buf);
+	unsigned char *log = raw_base + (uint64_t)(w->idx % 64) * 64 + 16 * (w->ops & 1);
+	uint64_t half = w->ops ^ blk;
+	memcpy(log, &half, 8);
+	pmem_flush(log, 8);
+	if (*pend)
+		pmem_flush(*pend, 4);
+	pmem_drain();
+	memcpy(log + 8, &half, 8);
+	pmem_persist(log + 8, 8);
+	*map = (uint32_t)blk;
+	*pend = map;
+	w->ops++;
+}
+
+static inline void raw_nvblk_read(struct worker *w, uint64_t nblk)
+{
+	uint64_t meta = nblk / 64;
+	uint64_t maparea = meta * RAW_BLOCK - 4096;
+	uint32_t *map = (uint32_t *)(raw_base + 4096 + 4 * next(&w->rng, maparea / 4));
+	uint64_t blk = meta + (*(volatile uint32_t *)map + next(&w->rng, nblk - meta)) % (nblk - meta);
+	memcpy(w->buf, raw_base + blk * RAW_BLOCK, RAW_BLOCK);
+	__asm__ volatile("" : : "r"(w->buf) : "memory");
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -322,6 +370,23 @@ static void *worker_main(void *arg)
 				raw_btt_write(w, nblk);
 			ops += BATCH;
 			w->ops = ops;
+		}
+		break;
+	case M_RAW_NVBLK_W: {
+		uint32_t *pend = NULL;
+		w->ops = 0;
+		while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+			for (int k = 0; k < BATCH; k++)
+				raw_nvblk_write(w, nblk, &pend);
+			ops += BATCH;
+		}
+		break;
+	}
+	case M_RAW_NVBLK_R:
+		while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+			for (int k = 0; k < BATCH; k++)
+				raw_nvblk_read(w, nblk);
+			ops += BATCH;
 		}
 		break;
 	case M_RAW_STORE:

@@ -25,12 +25,36 @@ var rawDriver = Driver{
 
 func init() { Register(rawDriver) }
 
-// Errors of the raw driver.
+// The error vocabulary of block devices. Every driver's errors of these
+// kinds wrap them (see Sentinel), so a consumer such as the NBD server
+// tests only these, whatever the driver.
 var (
 	ErrOutOfRange = errors.New("block: sector out of range")
 	ErrAlignment  = errors.New("block: buffer is not a whole number of sectors")
 	ErrReadOnly   = errors.New("block: device is read-only")
 )
+
+// ReadOnlyDevice is implemented by devices that can refuse writes (a
+// raw device or a BTT opened read-only, a BTT read from a backup info
+// block); such a device is always exported read-only.
+type ReadOnlyDevice interface {
+	ReadOnly() bool
+}
+
+var _ ReadOnlyDevice = (*Raw)(nil)
+
+// Sentinel returns a driver's own sentinel error with message msg that
+// is also of kind (ErrOutOfRange, ErrAlignment or ErrReadOnly):
+// errors.Is finds both.
+func Sentinel(msg string, kind error) error { return &sentinel{msg, kind} }
+
+type sentinel struct {
+	msg  string
+	kind error
+}
+
+func (e *sentinel) Error() string { return e.msg }
+func (e *sentinel) Unwrap() error { return e.kind }
 
 // Raw is a sector view of a pmem.Device.
 type Raw struct {
@@ -57,6 +81,7 @@ func NewRaw(dev pmem.Device, sectorSize int, readOnly bool) (*Raw, error) {
 func (r *Raw) SectorSize() int     { return r.ss }
 func (r *Raw) Sectors() uint64     { return r.n }
 func (r *Raw) AtomicSectors() bool { return false }
+func (r *Raw) ReadOnly() bool      { return r.readOnly }
 func (r *Raw) Flush() error        { return r.dev.Drain() }
 func (r *Raw) Close() error        { return nil }
 

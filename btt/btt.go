@@ -80,7 +80,6 @@ type BTT struct {
 	closed     atomic.Bool
 	log        *slog.Logger
 	zeros      []byte
-	closeOnce  sync.Once
 }
 
 type lane struct {
@@ -89,8 +88,9 @@ type lane struct {
 	buf [16]byte
 	// pend is the device offset of the map entry this lane stored last
 	// (P3) and has not written back, 0 for none: its line is written back
-	// under the fence before the lane's next commit (see commit).
-	pend int64
+	// under the fence before the lane's next commit (see commit). Other
+	// lanes read it (rule 1); it changes only after that fence.
+	pend atomic.Int64
 	_    [88]byte // keep lanes on separate cache lines, whatever the slice alignment
 }
 
@@ -390,14 +390,14 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 		return err
 	}
 	mapEnt := a.mapOff + 4*int64(premap)
-	if brokenOrdering != orderNoRule1 {
+	if brokenOrdering != orderNoRule1 && b.pendingIn(mapEnt) {
 		if err := b.dev.Flush(mapEnt, 4); err != nil {
 			a.failed.Store(true)
 			return err
 		}
 	}
-	if l.pend != 0 && brokenOrdering != orderNoRule2 {
-		if err := b.dev.Flush(l.pend, 4); err != nil {
+	if p := l.pend.Load(); p != 0 && brokenOrdering != orderNoRule2 {
+		if err := b.dev.Flush(p, 4); err != nil {
 			a.failed.Store(true)
 			return err
 		}
@@ -422,8 +422,25 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 		a.failed.Store(true)
 		return err
 	}
-	l.pend = mapEnt
+	l.pend.Store(mapEnt)
 	return nil
+}
+
+// pendingIn reports whether some lane stored the map entry at off and
+// has not written it back (rule 1 of commit then needs the write-back).
+// The caller holds the entry's map lock, under which every store to it
+// happens, so a lane that stored it has published pend; a lane moves pend
+// on only after the fence that made the entry durable. An entry no lane
+// has pending is durable already, and its line is left alone: on CPUs
+// whose CLWB also evicts the line (AMD), writing it back just before P3
+// stores into it would cost a miss.
+func (b *BTT) pendingIn(off int64) bool {
+	for i := range b.lanes {
+		if b.lanes[i].pend.Load() == off {
+			return true
+		}
+	}
+	return false
 }
 
 // writeBackMaps writes back the map lines the lanes stored and left
@@ -436,9 +453,9 @@ func (b *BTT) writeBackMaps(lock bool) error {
 		if lock {
 			l.mu.Lock()
 		}
-		if l.pend != 0 {
-			if ferr := b.dev.Flush(l.pend, 4); ferr == nil {
-				l.pend = 0
+		if p := l.pend.Load(); p != 0 {
+			if ferr := b.dev.Flush(p, 4); ferr == nil {
+				l.pend.Store(0)
 			} else if err == nil {
 				err = ferr
 			}

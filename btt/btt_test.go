@@ -15,17 +15,6 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 )
 
-func newFileDev(t testing.TB, size int64) pmem.Device {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "dev.img")
-	dev, err := pmem.Open(path, pmem.Options{CreateSize: size})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
-	return dev
-}
-
 func newRAM(t testing.TB, size int64) pmem.Device {
 	t.Helper()
 	dev, err := pmem.NewRAM(size)

@@ -3,6 +3,8 @@ package btt
 import (
 	"errors"
 	"fmt"
+
+	"github.com/nvblk/nvblk/block"
 )
 
 // Errors returned when opening a BTT.
@@ -16,16 +18,16 @@ var (
 // Errors returned by I/O.
 var (
 	// ErrOutOfRange is wrapped by *RangeError.
-	ErrOutOfRange = errors.New("btt: LBA out of range")
+	ErrOutOfRange = block.Sentinel("btt: LBA out of range", block.ErrOutOfRange)
 	// ErrIO: the sector is in the error (E) state, or the media failed.
 	ErrIO = errors.New("btt: I/O error")
 	// ErrReadOnly: the BTT (or the arena, whose error flag is set) is
 	// read-only.
-	ErrReadOnly = errors.New("btt: read-only")
+	ErrReadOnly = block.Sentinel("btt: read-only", block.ErrReadOnly)
 	// ErrClosed: the BTT was closed.
 	ErrClosed = errors.New("btt: closed")
 	// ErrAlignment: a buffer is not a whole number of sectors.
-	ErrAlignment = errors.New("btt: buffer is not a whole number of sectors")
+	ErrAlignment = block.Sentinel("btt: buffer is not a whole number of sectors", block.ErrAlignment)
 )
 
 // CorruptError locates a metadata inconsistency. It wraps ErrCorrupt.

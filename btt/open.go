@@ -26,7 +26,13 @@ type probeResult struct {
 	backup  bool // arena 0's primary is damaged; info is from its info2
 }
 
+// readInfo reads the 4 KiB info block at off. A block that would lie
+// past the device is an error without a read: probing a small device is
+// not a caller bug (which pmem reports with a warning).
 func readInfo(dev pmem.Device, off int64, buf []byte) error {
+	if err := pmem.CheckRange("read", off, InfoSize, dev.Size()); err != nil {
+		return err
+	}
 	_, err := dev.ReadAt(buf[:InfoSize], off)
 	return err
 }

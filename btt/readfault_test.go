@@ -115,7 +115,7 @@ func TestReadFaults(t *testing.T) {
 	// A fault in the data block marks the entry E; a write clears it.
 	f := newFaultFixture(t, false)
 	lba := f.lbas[1]
-	mapAt, raw, blockAt := f.entry(t, lba)
+	_, raw, blockAt := f.entry(t, lba)
 	buf := make([]byte, 4096)
 	restore := f.protect(t, blockAt)
 	err := f.b.ReadSectors(buf, lba)
@@ -137,7 +137,7 @@ func TestReadFaults(t *testing.T) {
 
 	// A fault in the map entry fails the read and marks nothing.
 	lba = f.lbas[0]
-	mapAt, raw, _ = f.entry(t, lba)
+	mapAt, raw, _ := f.entry(t, lba)
 	restore = f.protect(t, mapAt)
 	err = f.b.ReadSectors(buf, lba)
 	restore()

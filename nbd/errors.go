@@ -5,7 +5,6 @@ import (
 	"syscall"
 
 	"github.com/nvblk/nvblk/block"
-	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -37,8 +36,9 @@ var ErrProtocol = errors.New("nbd: protocol violation")
 //   - an Errno: itself
 //   - anything else: EIO
 //
-// NOTE: a new block driver with its own range or read-only sentinels
-// must be added here.
+// It knows only block's error kinds (which every driver's sentinels
+// wrap: block.Sentinel), pmem's and the system's, so a new driver needs
+// no change here.
 func ErrnoOf(err error) Errno {
 	if err == nil {
 		return 0
@@ -48,13 +48,11 @@ func ErrnoOf(err error) Errno {
 		return e
 	}
 	switch {
-	case errors.Is(err, block.ErrReadOnly), errors.Is(err, btt.ErrReadOnly),
-		errors.Is(err, pmem.ErrReadOnly), errors.Is(err, syscall.EROFS),
-		errors.Is(err, syscall.EPERM):
+	case errors.Is(err, block.ErrReadOnly), errors.Is(err, pmem.ErrReadOnly),
+		errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EPERM):
 		return EPERM
-	case errors.Is(err, block.ErrOutOfRange), errors.Is(err, btt.ErrOutOfRange),
-		errors.Is(err, pmem.ErrOutOfRange), errors.Is(err, block.ErrAlignment),
-		errors.Is(err, btt.ErrAlignment), errors.Is(err, syscall.EINVAL):
+	case errors.Is(err, block.ErrOutOfRange), errors.Is(err, pmem.ErrOutOfRange),
+		errors.Is(err, block.ErrAlignment), errors.Is(err, syscall.EINVAL):
 		return EINVAL
 	}
 	return EIO

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"container/list"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -53,7 +54,8 @@ type conn struct {
 	// READ and WRITE bytes requested (under rmu), for the closing log.
 	bytesRead, bytesWritten int64
 
-	admitted *export // the export this connection is established on (Server.admit)
+	admitted *export       // the export this connection is established on (Server.admit)
+	hsElem   *list.Element // its place in Server.handshaking while it haggles (under Server.mu)
 	stats    counters
 }
 

@@ -84,7 +84,7 @@ func TestPollReader(t *testing.T) {
 func TestPollGate(t *testing.T) {
 	g := &pollGate{max: 2}
 	g.conns.Store(2)
-	if !g.enter() || !g.enter() {
+	if first, second := g.enter(), g.enter(); !first || !second {
 		t.Fatal("two pollers refused with max 2")
 	}
 	if g.enter() {

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -60,22 +61,41 @@ type Options struct {
 	// the maximum block size.
 	MaxInFlightBytes int64
 	// MaxConns bounds concurrent connections, in any phase; more are
-	// closed at once, before the greeting. Default 256, or
-	// MaxEstablished + 64 if that is more.
+	// closed at once, before the greeting. Default MaxHandshakes +
+	// MaxEstablished: the phases have their own bounds.
 	MaxConns int
+	// MaxHandshakes bounds the connections in the handshake phase (not
+	// yet established). When a new connection finds them all taken, the
+	// oldest handshaking connection is closed to make room, so sockets
+	// that connect and stay silent (or haggle slowly) cannot lock out a
+	// client that completes its handshake at once: a flood can only
+	// evict itself. Default 64.
+	MaxHandshakes int
 	// MaxEstablished bounds the established connections: those in the
 	// transmission phase, on any export. A client that asks to enter it
 	// (NBD_OPT_GO) while MaxEstablished connections are established is
 	// refused with NBD_REP_ERR_POLICY and a message saying why, and may
 	// go on haggling or abort; one that uses NBD_OPT_EXPORT_NAME, which
 	// cannot carry an error, is disconnected. The established
-	// connections are not disturbed. Zero: no bound beyond MaxConns.
+	// connections are not disturbed. Default 1024.
 	MaxEstablished int
+	// MaxMemory bounds the READ and WRITE payload bytes in flight across
+	// all connections (request and reply buffers): a request that would
+	// go past it waits until others complete (backpressure on its
+	// connection only). The Go runtime's soft memory limit is set to it
+	// plus room for the rest, and memory is given back to the system when
+	// the connections that used it are gone. Default 512 MiB; at least
+	// MaxBlockSize.
+	MaxMemory int64
+	// WriteTimeout bounds one write of replies: a client that stops
+	// reading them for that long is disconnected, so it cannot hold its
+	// buffers (and so MaxMemory) forever. Default 60 s.
+	WriteTimeout time.Duration
 	// OnIdle, if set, is called in a goroutine of its own each time the
 	// last open connection (in any phase) ends.
 	OnIdle func()
 	// HandshakeTimeout bounds the option haggling of one connection.
-	// Default 30 s.
+	// Default 10 s.
 	HandshakeTimeout time.Duration
 	// Poll is how long a connection's reader polls the socket for the
 	// next request before its goroutine sleeps, while the client keeps
@@ -127,14 +147,24 @@ func (o *Options) setDefaults() {
 	if floor := 2 * int64(o.MaxBlockSize); o.MaxInFlightBytes < floor {
 		o.MaxInFlightBytes = floor
 	}
-	if o.MaxEstablished < 0 {
-		o.MaxEstablished = 0
+	if o.MaxEstablished <= 0 {
+		o.MaxEstablished = 1024
+	}
+	if o.MaxHandshakes <= 0 {
+		o.MaxHandshakes = 64
 	}
 	if o.MaxConns <= 0 {
-		o.MaxConns = max(256, o.MaxEstablished+64)
+		o.MaxConns = o.MaxHandshakes + o.MaxEstablished
+	}
+	if o.MaxMemory <= 0 {
+		o.MaxMemory = 512 << 20
+	}
+	o.MaxMemory = max(o.MaxMemory, int64(o.MaxBlockSize))
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 60 * time.Second
 	}
 	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = 30 * time.Second
+		o.HandshakeTimeout = 10 * time.Second
 	}
 	if o.Poll == 0 {
 		o.Poll = DefaultPoll
@@ -184,16 +214,21 @@ type Server struct {
 	// (admitted by admit, released by untrack): the notion
 	// Options.MaxEstablished bounds.
 	established int
+	// handshaking holds the connections in the handshake phase, oldest
+	// first (evicted from the front when MaxHandshakes is reached).
+	handshaking list.List
 	closed      bool
 	connWG      sync.WaitGroup
 
-	accepted, refused atomic.Uint64 // see ServerStats
+	mem memBudget // payload bytes in flight, all connections (MaxMemory)
+
+	accepted, refused, evicted atomic.Uint64 // see ServerStats
 }
 
 // NewServer returns a server with no exports.
 func NewServer(opt Options) *Server {
 	opt.setDefaults()
-	return &Server{
+	s := &Server{
 		opt:       opt,
 		log:       opt.Logger,
 		pollGate:  newPollGate(),
@@ -201,14 +236,12 @@ func NewServer(opt Options) *Server {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 	}
+	s.mem.init(opt.MaxMemory)
+	return s
 }
 
-// ReadOnlyDevice is implemented by devices that can refuse writes (the
-// BTT when opened read-only or from a backup info block); such a device
-// is always exported read-only.
-type ReadOnlyDevice interface {
-	ReadOnly() bool
-}
+// ReadOnlyDevice is block.ReadOnlyDevice.
+type ReadOnlyDevice = block.ReadOnlyDevice
 
 // AddExport serves dev under name (the empty name is the default
 // export) with a human-readable description shown by NBD_OPT_LIST and
@@ -358,6 +391,15 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 	if s.closed {
 		return nil, false
 	}
+	if s.handshaking.Len() >= s.opt.MaxHandshakes {
+		// Make room: the oldest handshaking connection goes. Its own
+		// goroutine sees the closed socket and untracks it.
+		old := s.handshaking.Remove(s.handshaking.Front()).(*conn)
+		old.hsElem = nil
+		old.raw.Close() // the socket: a TLS close_notify may block
+		s.evicted.Add(1)
+		s.log.Debug("nbd: handshake slots full; closed the oldest handshaking connection", "remote", old.nc.RemoteAddr(), "limit", s.opt.MaxHandshakes)
+	}
 	if len(s.conns) >= s.opt.MaxConns {
 		s.refused.Add(1)
 		s.log.Warn("nbd: connection limit reached; closing", "remote", nc.RemoteAddr(), "limit", s.opt.MaxConns)
@@ -366,6 +408,7 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 	s.accepted.Add(1)
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
+	c.hsElem = s.handshaking.PushBack(c)
 	s.connWG.Add(1)
 	return c, true
 }
@@ -373,6 +416,10 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.hsElem != nil {
+		s.handshaking.Remove(c.hsElem)
+		c.hsElem = nil
+	}
 	if c.admitted != nil {
 		s.established--
 		c.admitted.conns.Add(-1)
@@ -381,6 +428,7 @@ func (s *Server) untrack(c *conn) {
 	idle := len(s.conns) == 0
 	s.mu.Unlock()
 	s.connWG.Done()
+	s.mem.giveBack()
 	if idle && s.opt.OnIdle != nil {
 		go s.opt.OnIdle()
 	}
@@ -399,6 +447,10 @@ func (s *Server) admit(c *conn, ex *export) bool {
 	s.established++
 	ex.conns.Add(1)
 	c.admitted = ex
+	if c.hsElem != nil {
+		s.handshaking.Remove(c.hsElem)
+		c.hsElem = nil
+	}
 	return true
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/pmemblk"
 )
 
 func TestHandshakeGoInfo(t *testing.T) {
@@ -355,6 +356,12 @@ func TestErrnoOf(t *testing.T) {
 		{btt.ErrClosed, EIO},
 		{errors.New("anything"), EIO},
 		{fmt.Errorf("wrapped %w", ENOSPC), ENOSPC},
+		// A pmemblk pool's errors reached clients as EIO while ErrnoOf
+		// knew only the BTT's sentinels.
+		{pmemblk.ErrOutOfRange, EINVAL},
+		{fmt.Errorf("pool: %w", pmemblk.ErrAlignment), EINVAL},
+		{pmemblk.ErrReadOnly, EPERM},
+		{pmemblk.ErrIO, EIO},
 	} {
 		if got := ErrnoOf(tc.err); got != tc.want {
 			t.Errorf("ErrnoOf(%v) = %d, want %d", tc.err, got, tc.want)

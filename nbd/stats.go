@@ -190,6 +190,9 @@ type ServerStats struct {
 	// those refused by Options.MaxConns or Options.MaxEstablished
 	// (a subset of Accepted for the latter, not for the former).
 	Accepted, Refused uint64
+	// Evicted counts the handshaking connections closed to make room
+	// for new ones (Options.MaxHandshakes).
+	Evicted uint64
 }
 
 // Stats returns a snapshot of the counters. It allocates; it is meant
@@ -240,6 +243,6 @@ func (s *Server) Stats() ServerStats {
 		es.Connections = ex.conns.Load()
 		st.Exports = append(st.Exports, es)
 	}
-	st.Accepted, st.Refused = s.accepted.Load(), s.refused.Load()
+	st.Accepted, st.Refused, st.Evicted = s.accepted.Load(), s.refused.Load(), s.evicted.Load()
 	return st
 }

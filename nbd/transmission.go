@@ -42,6 +42,7 @@ func (c *conn) transmit(ex *export) error {
 	c.ex = ex
 	c.budget.init(opt.MaxInFlight, opt.MaxInFlightBytes)
 	c.out.init()
+	c.out.mem = &c.srv.mem
 	c.srv.pollGate.conns.Add(1)
 	defer c.srv.pollGate.conns.Add(-1)
 	c.watchdog = time.AfterFunc(time.Hour, c.watch)
@@ -70,6 +71,9 @@ type worker struct {
 	start    int64
 	errno    Errno // the error it is answered with
 	recorded bool
+	// Budget of the request being run: budgetCost of the connection's,
+	// cost of the server's (zero once a reply took it along).
+	budgetCost, cost int64
 }
 
 // count adds the request being answered to its export's counters, once,
@@ -248,7 +252,7 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 		}
 		if _, err := io.ReadFull(c.br, (*j.buf)[:r.length]); err != nil {
 			putBuf(j.buf)
-			c.budget.release(j.cost)
+			c.release(j.cost)
 			if c.shutdown.Load() {
 				return j, true, ErrServerClosed
 			}
@@ -272,13 +276,24 @@ func (c *conn) readRequest() (j job, end bool, err error) {
 	return j, false, nil
 }
 
-// acquire takes budget for a request being read; before it waits for
-// requests in flight to finish, it writes the replies held back.
+// acquire takes budget for a request being read, the connection's and
+// then the server's (payload bytes only); before it waits for requests
+// in flight to finish, it writes the replies held back.
 func (c *conn) acquire(size int64) {
 	if !c.budget.tryAcquire(size) {
 		c.flushReplies()
 		c.budget.acquire(size)
 	}
+	if size > 0 && !c.srv.mem.tryAcquire(size) {
+		c.flushReplies()
+		c.srv.mem.acquire(size)
+	}
+}
+
+// release gives back what acquire took.
+func (c *conn) release(size int64) {
+	c.budget.release(size)
+	c.srv.mem.release(size)
 }
 
 // check validates r against the export; a failure is answered with the
@@ -342,7 +357,8 @@ const (
 // error (or panic) fails this request only.
 func (w *worker) execute(j job) {
 	c := w.c
-	defer c.budget.release(j.cost)
+	w.budgetCost, w.cost = j.cost, j.cost
+	defer w.releaseBudget()
 	w.typ, w.length, w.start, w.errno, w.recorded = j.req.typ, j.req.length, j.start, 0, false
 	defer func() {
 		if p := recover(); p != nil {
@@ -443,7 +459,18 @@ func (w *worker) replyRead(r request, lba uint64) {
 		be.PutUint64(b[8:], r.handle)
 	}
 	w.count()
-	c.sendOwned(b, bp, w.inline)
+	// The server budget for the data goes with the buffer: the writer
+	// gives it back once the reply is written (a slow reader holds it).
+	cost := w.cost
+	w.cost = 0
+	c.sendReply(b, bp, cost, w.inline)
+}
+
+// releaseBudget gives back the budget of the request the worker ran: all
+// of the connection's, and the server's unless a reply took it along.
+func (w *worker) releaseBudget() {
+	w.c.budget.release(w.budgetCost)
+	w.c.srv.mem.release(w.cost)
 }
 
 // Bounds of one BLOCK_STATUS reply: at most maxExtents descriptors, and
@@ -580,7 +607,11 @@ func (w *worker) replyErr(r request, errno Errno, msg string) {
 //
 // After a failed write the connection is closed (which also wakes the
 // reader) and further replies are dropped.
-func (c *conn) sendOwned(b []byte, own *[]byte, hold bool) {
+func (c *conn) sendOwned(b []byte, own *[]byte, hold bool) { c.sendReply(b, own, 0, hold) }
+
+// sendReply is sendOwned for a reply whose buffer carries cost bytes of
+// the server's memory budget, given back when the buffer is.
+func (c *conn) sendReply(b []byte, own *[]byte, cost int64, hold bool) {
 	o := &c.out
 	o.mu.Lock()
 	for !o.broken && o.writing && o.queued >= replyQueueMax {
@@ -589,9 +620,10 @@ func (c *conn) sendOwned(b []byte, own *[]byte, hold bool) {
 	if o.broken {
 		o.mu.Unlock()
 		putBuf(own)
+		c.srv.mem.release(cost)
 		return
 	}
-	o.queue(b, own)
+	o.queue(b, own, cost)
 	// Hold only while still the reader: once the timer has handed the
 	// role on, the new reader may already be waiting for the client. (The
 	// timer's CAS precedes the new reader's flush, which takes o.mu.)
@@ -642,18 +674,24 @@ func (c *conn) writeReplies() {
 		// Take the batch; senders may queue the next one meanwhile.
 		o.small, o.wsmall = o.wsmall[:0], o.small
 		o.owned, o.wowned = o.wowned[:0], o.owned
+		o.costs, o.wcosts = o.wcosts[:0], o.costs
 		o.vecs, o.wvecs = o.wvecs[:0], o.vecs
 		o.queued, o.n = 0, 0
 		o.cond.Broadcast()
 		o.mu.Unlock()
 		o.wiov = append(append(o.wiov[:0], o.wvecs...), o.wsmall)
 		o.wbufs = o.wiov // WriteTo consumes wbufs, not wiov
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.opt.WriteTimeout))
 		_, err := c.writeBatch(&o.wbufs)
 		clear(o.wiov)
 		for i, p := range o.wowned {
 			putBuf(p)
 			o.wowned[i] = nil
 		}
+		for _, cost := range o.wcosts {
+			c.srv.mem.release(cost)
+		}
+		o.wcosts = o.wcosts[:0]
 		clear(o.wvecs)
 		o.wvecs = o.wvecs[:0]
 		o.mu.Lock()
@@ -702,17 +740,20 @@ type replyQueue struct {
 	small   []byte    // concatenated small replies
 	vecs    [][]byte  // data replies
 	owned   []*[]byte // their buffers
+	costs   []int64   // the server memory budget their buffers carry
+	mem     *memBudget
 
 	wsmall []byte
 	wvecs  [][]byte
 	wowned []*[]byte
+	wcosts []int64
 	wiov   [][]byte
 	wbufs  net.Buffers
 }
 
 func (o *replyQueue) init() { o.cond.L = &o.mu }
 
-func (o *replyQueue) queue(b []byte, own *[]byte) {
+func (o *replyQueue) queue(b []byte, own *[]byte, cost int64) {
 	o.n++
 	o.queued += len(b)
 	if own == nil {
@@ -721,6 +762,9 @@ func (o *replyQueue) queue(b []byte, own *[]byte) {
 	}
 	o.vecs = append(o.vecs, b)
 	o.owned = append(o.owned, own)
+	if cost > 0 {
+		o.costs = append(o.costs, cost)
+	}
 }
 
 // fail marks the connection broken and drops what is queued (under mu).
@@ -730,7 +774,10 @@ func (o *replyQueue) fail() {
 		putBuf(p)
 		o.owned[i] = nil
 	}
-	o.owned, o.vecs, o.small, o.queued, o.n = o.owned[:0], o.vecs[:0], o.small[:0], 0, 0
+	for _, cost := range o.costs {
+		o.mem.release(cost)
+	}
+	o.owned, o.vecs, o.small, o.costs, o.queued, o.n = o.owned[:0], o.vecs[:0], o.small[:0], o.costs[:0], 0, 0
 	o.cond.Broadcast()
 }
 

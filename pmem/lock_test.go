@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -326,4 +327,43 @@ func TestLockThroughWrappers(t *testing.T) {
 	if _, msg := startLockHelper(t, path, "rw-window", 8192, 4096); !strings.Contains(msg, "is in use") || !strings.Contains(msg, "bytes 8192-12287") {
 		t.Fatalf("a writer of the locked bytes: %q", msg)
 	}
+}
+
+// TestLockBlockDevice: the lock works on a block device (a loop device
+// over a file) as on a regular file: a second writer is refused, a
+// reader too, and the lock goes with the first open.
+func TestLockBlockDevice(t *testing.T) {
+	losetup := testutil.NeedTool(t, "losetup")
+	if os.Geteuid() != 0 {
+		if testutil.InCI() {
+			t.Fatal("CI runs as root; loop devices need it")
+		}
+		t.Skip("loop devices need root")
+	}
+	img := newImage(t, 4<<20)
+	out, err := exec.Command(losetup, "--find", "--show", img).CombinedOutput()
+	if err != nil {
+		if testutil.InCI() {
+			t.Fatalf("losetup: %v %s", err, out)
+		}
+		t.Skipf("no loop device here: %v %s", err, out)
+	}
+	loop := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command(losetup, "-d", loop).Run() })
+	d, err := pmem.Open(loop, pmem.Options{})
+	if err != nil {
+		t.Fatalf("open %s: %v", loop, err)
+	}
+	if _, msg := startLockHelper(t, loop, "ro", 0, 4<<20); !strings.Contains(msg, loop+" is in use") || !strings.Contains(msg, "pid") {
+		t.Fatalf("a reader of the loop device beside a writer: %q", msg)
+	}
+	if _, err := pmem.Open(loop, pmem.Options{}); !errors.Is(err, pmem.ErrLocked) {
+		t.Fatalf("second writer of %s: %v", loop, err)
+	}
+	d.Close()
+	h, msg := startLockHelper(t, loop, "rw", 0, 4<<20)
+	if h == nil {
+		t.Fatalf("a writer after the first closed: %q", msg)
+	}
+	h.stop()
 }

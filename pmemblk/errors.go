@@ -3,6 +3,8 @@ package pmemblk
 import (
 	"errors"
 	"fmt"
+
+	"github.com/nvblk/nvblk/block"
 )
 
 // Errors returned when creating or opening a pool.
@@ -26,16 +28,16 @@ var (
 var (
 	// ErrOutOfRange: a negative block number, or one >= NBlock (EINVAL
 	// "lba out of range" in libpmemblk).
-	ErrOutOfRange = errors.New("pmemblk: block number out of range")
+	ErrOutOfRange = block.Sentinel("pmemblk: block number out of range", block.ErrOutOfRange)
 	// ErrReadOnly: the pool was opened read-only, or from a backup info
 	// block because its primary is damaged (EROFS in libpmemblk).
-	ErrReadOnly = errors.New("pmemblk: pool is read-only")
+	ErrReadOnly = block.Sentinel("pmemblk: pool is read-only", block.ErrReadOnly)
 	// ErrIO: the block is in the error state (SetError), the media
 	// failed, or the arena is in the error state (EIO in libpmemblk).
 	ErrIO = errors.New("pmemblk: I/O error")
 	// ErrAlignment: a ReadAt/WriteAt offset or length is not a whole
 	// number of blocks.
-	ErrAlignment = errors.New("pmemblk: offset or length is not a whole number of blocks")
+	ErrAlignment = block.Sentinel("pmemblk: offset or length is not a whole number of blocks", block.ErrAlignment)
 	// ErrClosed: the pool was closed.
 	ErrClosed = errors.New("pmemblk: pool closed")
 )

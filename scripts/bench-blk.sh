@@ -17,7 +17,7 @@
 # PMEM_IS_PMEM_FORCE=1 (CPU cache flushes on tmpfs, as PMDK's benchmarks).
 #
 # Environment (defaults): DURATION=3s RUNS=3 THREADS="1 2" OPS="write read"
-# SIZE=1G BIG_SIZE=4G (empty: skip) RAW_MODES="raw-nt raw-btt raw-store raw-load"
+# SIZE=1G BIG_SIZE=4G (empty: skip) RAW_MODES="raw-nvblk-write raw-nvblk-read raw-nt raw-btt raw-store raw-load"
 # CHECK_RUNS=3 PROFILE=1 BENCH_DIR=/dev/shm KEEP=0 (1: keep the images);
 # on a shared machine: IDLE_WAIT=30 MAX_OTHERS=0.15 RETRIES=3 BUSY_BUDGET=600
 # (see measure below). A full run on an idle 2-core machine takes about four
@@ -31,7 +31,7 @@ THREADS=${THREADS:-"1 2"}
 OPS=${OPS:-"write read"}
 SIZE=${SIZE:-1G}
 BIG_SIZE=${BIG_SIZE-4G}
-RAW_MODES=${RAW_MODES:-"raw-nt raw-btt raw-store raw-load"}
+RAW_MODES=${RAW_MODES:-"raw-nvblk-write raw-nvblk-read raw-nt raw-btt raw-store raw-load"}
 CHECK_RUNS=${CHECK_RUNS:-3}
 PROFILE=${PROFILE:-1}
 KEEP=${KEEP:-0}
@@ -283,13 +283,13 @@ done
 echo
 echo "against the floors (ops/s ratios; 1.00 = at the floor):"
 for t in $THREADS; do
-	for pair in "write raw-nt" "write raw-btt" "read raw-load"; do
+	for pair in "write raw-nvblk-write" "read raw-nvblk-read" "write raw-nt" "write raw-btt" "read raw-load"; do
 		# shellcheck disable=SC2086 # split "op mode"
 		set -- $pair
 		case " $OPS " in *" $1 "*) ;; *) continue ;; esac
 		case " $RAW_MODES " in *" $2 "*) ;; *) continue ;; esac
 		f=$(med raw "$2" "$t" 4)
-		printf '  %-5s t=%s vs %-9s  nvblk %s   libpmemblk %s\n' "$1" "$t" "$2" \
+		printf '  %-5s t=%s vs %-15s  nvblk %s   libpmemblk %s\n' "$1" "$t" "$2" \
 			"$(ratio "$(med nvblk "$1" "$t" 4)" "$f")" "$(ratio "$(med libpmemblk "$1" "$t" 4)" "$f")"
 	done
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs the tools the tests need, then gofmt, go vet
-# and every test with the race detector. CI runs exactly this (.ci/run).
+# The test command: installs the tools the tests need, then gofmt, go vet,
+# staticcheck and every test with the race detector. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,8 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 GOARCH=arm64 go vet ./internal/cacheflush/ ./pmem/
+# staticcheck, pinned (fetched through the Go module proxy on first use).
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 go test -race -count=1 -timeout 15m ./...
 
 # The crash explorer's full run (>= 100000 crash states) and the check of a

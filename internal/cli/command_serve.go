@@ -41,6 +41,9 @@ type serveOptions struct {
 	pidFile      string
 	run          string
 	maxConns     int
+	maxHandshake int
+	handshakeTO  time.Duration
+	maxMemory    string
 	exitWhenIdle bool
 	verbose      int
 	logLevel     string
@@ -73,7 +76,10 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&o.poll, "poll", nbd.DefaultPoll, "how long a busy connection polls for its next request before sleeping (0: never; saves a wake-up per request, costs CPU)")
 	f.StringVar(&o.pidFile, "pid-file", "", "write the process id to this file once clients can connect; removed at exit")
 	f.StringVar(&o.run, "run", "", "captive mode: serve on a private unix socket, run this shell command with $uri, $nbd and $unixsocket set, stop when it exits and exit with its status")
-	f.IntVar(&o.maxConns, "max-connections", 0, "serve at most N clients at once; more are refused during the handshake (0: no limit beyond the server's 256 open connections)")
+	f.IntVar(&o.maxConns, "max-connections", 0, "serve at most N established clients at once; more are refused during the handshake (0: the default, 1024)")
+	f.IntVar(&o.maxHandshake, "max-handshakes", 0, "connections allowed in the handshake at once; a new one closes the oldest (0: the default, 64)")
+	f.DurationVar(&o.handshakeTO, "handshake-timeout", 10*time.Second, "how long a connection may take to finish its handshake")
+	f.StringVar(&o.maxMemory, "max-memory", "512M", "bound on the request and reply buffers of all connections together (requests wait beyond it)")
 	f.BoolVar(&o.exitWhenIdle, "exit-when-idle", false, "exit (status 0) when the last client disconnects")
 	f.CountVarP(&o.verbose, "verbose", "v", "log connections (-v) and protocol details (-vv) to stderr")
 	f.StringVar(&o.logLevel, "log-level", "", "log level: debug, info, warn (default) or error; overrides -v")
@@ -96,8 +102,15 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	if o.run != "" && o.exitWhenIdle {
 		return &ExitError{Code: 16, Err: errors.New("--run and --exit-when-idle are mutually exclusive (--run stops when its command exits)")}
 	}
-	if o.maxConns < 0 {
-		return &ExitError{Code: 16, Err: fmt.Errorf("--max-connections %d: want 0 (no limit) or more", o.maxConns)}
+	if o.maxConns < 0 || o.maxHandshake < 0 {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--max-connections %d, --max-handshakes %d: want 0 (the default) or more", o.maxConns, o.maxHandshake)}
+	}
+	if o.handshakeTO <= 0 {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--handshake-timeout %s: want more than 0", o.handshakeTO)}
+	}
+	maxMemory, err := ParseSize(o.maxMemory)
+	if err != nil {
+		return &ExitError{Code: 16, Err: fmt.Errorf("--max-memory: %v", err)}
 	}
 	logger, err := serveLogger(stderr, o.logLevel, o.verbose, o.logFormat)
 	if err != nil {
@@ -171,7 +184,8 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 
 	idle := make(chan struct{}, 1)
 	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger, Poll: pollOption(o.poll),
-		MaxEstablished: o.maxConns, TLS: tlsConfig, Authorize: authorize, OnIdle: func() {
+		MaxEstablished: o.maxConns, MaxHandshakes: o.maxHandshake, HandshakeTimeout: o.handshakeTO, MaxMemory: maxMemory,
+		TLS: tlsConfig, Authorize: authorize, OnIdle: func() {
 			select {
 			case idle <- struct{}{}:
 			default:
@@ -257,10 +271,24 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	sctx, cancel := context.WithTimeout(context.Background(), serveShutdownGrace)
 	defer cancel()
 	shutErr := srv.Shutdown(sctx)
-	if shutErr == nil {
+	switch failed := ioErrors(srv.Stats()); {
+	case failed > 0:
+		fmt.Fprintf(stderr, "nvblk serve: stopped; %d request(s) failed with I/O errors: the device may be damaged or gone, check it (nvblk check %s)\n", failed, path)
+	case shutErr == nil:
 		fmt.Fprintln(stderr, "nvblk serve: stopped; every acknowledged write is durable")
 	}
 	return errors.Join(runErr, shutErr)
+}
+
+// ioErrors counts the requests that failed with EIO, on every export:
+// the device failed them (a media error, a file truncated under the
+// server), as opposed to the client's mistakes (EINVAL, EPERM, ...).
+func ioErrors(st nbd.ServerStats) uint64 {
+	var n uint64
+	for _, ex := range st.Exports {
+		n += ex.Errors["EIO"]
+	}
+	return n
 }
 
 // createIfMissing lays out the default device (linux-format BTT,

@@ -51,7 +51,25 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newCreateCommand(), newInfoCommand(), newReadCommand(), newWriteCommand(),
 		newZeroCommand(), newBenchCommand(), newServeCommand(), newCheckCommand(),
 		newPartitionCommand(), newListCommand(), newCertsCommand())
+	// Usage errors (bad flags, wrong argument counts) exit 16: they are
+	// marked where cobra reports them, not recognised by their text.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err) })
+	for _, c := range root.Commands() {
+		if args := c.Args; args != nil {
+			c.Args = func(cmd *cobra.Command, a []string) error { return usageError(args(cmd, a)) }
+		}
+	}
 	return root
+}
+
+// usageError marks err as a usage error (exit 16) unless it carries its
+// own status.
+func usageError(err error) error {
+	var ee *ExitError
+	if err == nil || errors.As(err, &ee) {
+		return err
+	}
+	return &ExitError{Code: 16, Err: err}
 }
 
 // Main runs the CLI with args and returns the process exit status.
@@ -75,8 +93,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if errors.As(err, &ee) {
 		return ee.Code
 	}
-	if strings.Contains(err.Error(), "unknown flag") || strings.Contains(err.Error(), "unknown command") ||
-		strings.Contains(err.Error(), "accepts") || strings.Contains(err.Error(), "invalid argument") {
+	if strings.HasPrefix(err.Error(), "unknown command ") { // cobra's, for the root's arguments
 		return 16
 	}
 	return 1
