@@ -337,3 +337,82 @@ func TestServeRefusesExposedPlaintext(t *testing.T) {
 		t.Errorf("--tls-authz alone: exit %d, %s", code, errs)
 	}
 }
+
+// TestServeTLSPartitionsReadOnly: over TLS, a partitioned image's
+// exports follow the per-export sections of --tls-authz (one client
+// sees and uses every export, the other only p1), and --read-only
+// refuses qemu-io's write.
+func TestServeTLSPartitionsReadOnly(t *testing.T) {
+	nbdinfo := testutil.NeedTool(t, "nbdinfo")
+	qemuIO := testutil.NeedTool(t, "qemu-io")
+	env := toolEnv()
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "creds")
+	makeCerts(t, creds)
+	other := filepath.Join(dir, "other")
+	makeCerts(t, other, "--from", creds, "--client-name", "other")
+	img := filepath.Join(dir, "disk.img")
+	mustRun(t, nil, "partition", "--add", "8M:a", "--add", "8M:b", "--size", "32M", img)
+	authz := filepath.Join(dir, "authz")
+	if err := os.WriteFile(authz, []byte("CN=client,O=nvblk\n[export p1]\nCN=other,O=nvblk\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s.sock")
+	uri, _, _, stop := runServe(t, "--socket", sock, "--tls-creds", creds, "--tls-authz", authz, img)
+	list := func(creds string) string {
+		u := strings.Replace(uri, "tls-certificates="+filepath.Join(dir, "creds"), "tls-certificates="+creds, 1)
+		out, err := runTool(t, env, nbdinfo, "--list", "--json", u)
+		if err != nil {
+			t.Fatalf("nbdinfo --list: %v\n%s", err, out)
+		}
+		var names []string
+		for _, m := range regexp.MustCompile(`"export-name": "([^"]*)"`).FindAllStringSubmatch(out, -1) {
+			names = append(names, m[1])
+		}
+		return strings.Join(names, ",")
+	}
+	if got := list(creds); got != ",p1,p2" {
+		t.Errorf("client lists %q, want ,p1,p2", got)
+	}
+	if got := list(other); got != "p1" {
+		t.Errorf("other lists %q, want p1", got)
+	}
+	qemu := func(creds, export string, cmds ...string) (string, error) {
+		args := []string{"--object", "tls-creds-x509,id=tls0,dir=" + creds + ",endpoint=client", "--image-opts",
+			"driver=nbd,server.type=unix,server.path=" + sock + ",export=" + export + ",tls-creds=tls0,tls-hostname=localhost"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		return runTool(t, env, qemuIO, args...)
+	}
+	if out, err := qemu(other, "p1", "write -P 0x77 0 64k", "read -P 0x77 0 64k"); err != nil || !strings.Contains(out, "read 65536/65536") {
+		t.Errorf("other on p1: %v\n%s", err, out)
+	}
+	if out, err := qemu(other, "p2", "read 0 4k"); err == nil {
+		t.Errorf("other got p2:\n%s", out)
+	}
+	if out, err := qemu(creds, "p1", "read -P 0x77 0 64k"); err != nil || strings.Contains(out, "verification failed") {
+		t.Errorf("client reads p1: %v\n%s", err, out)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	uri, _, _, stop = runServe(t, "--socket", sock, "--tls-creds", creds, "--read-only", img)
+	// qemu-io opens read-write, which the read-only export refuses.
+	if out, err := qemu(creds, "p2", "write -P 0x11 0 4k"); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("a write to a read-only export over TLS: %v\n%s", err, out)
+	}
+	out, err := runTool(t, env, nbdinfo, "--json", exportURI(uri, "p1"))
+	if err != nil || !strings.Contains(out, `"is_read_only": true`) {
+		t.Errorf("nbdinfo p1 read-only: %v\n%s", err, out)
+	}
+	if out, err := runTool(t, env, qemuIO, "-r", "--object", "tls-creds-x509,id=tls0,dir="+creds+",endpoint=client", "--image-opts",
+		"driver=nbd,server.type=unix,server.path="+sock+",export=p1,tls-creds=tls0,tls-hostname=localhost", "-c", "read -P 0x77 0 64k"); err != nil ||
+		!strings.Contains(out, "read 65536/65536") {
+		t.Errorf("read-only p1: %v\n%s", err, out)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
