@@ -197,6 +197,12 @@ func TestServeTLSRealClients(t *testing.T) {
 			if got, err := os.ReadFile(back); err != nil || !bytes.Equal(got[:len(data)], data) {
 				t.Fatalf("nbdcopy round trip differs (%v)", err)
 			}
+			// Block status over TLS: the 4 MiB written are data, the rest
+			// of the new image holes.
+			if out, err := runTool(t, env, nbdinfo, "--map", uri); err != nil ||
+				!regexp.MustCompile(`(?m)^\s*0\s+4194304\s+0\s+data`).MatchString(out) || !strings.Contains(out, "hole") {
+				t.Errorf("nbdinfo --map over TLS: %v\n%s", err, out)
+			}
 			// qemu-img convert out, and qemu-io writes a pattern read back
 			// by nbdsh.
 			conv := filepath.Join(dir, "conv.raw")
