@@ -30,8 +30,10 @@
 //	                          needs structured replies (else NBD_REP_ERR_INVALID);
 //	                          a selection applies to the export it names only
 //	NBD_OPT_ABORT             NBD_REP_ACK, then close
+//	NBD_OPT_STARTTLS          with Options.TLS: NBD_REP_ACK, then the TLS
+//	                          handshake (see Security); without: NBD_REP_ERR_UNSUP
 //
-// Everything else (STARTTLS, EXTENDED_HEADERS, unknown numbers) gets
+// Everything else (EXTENDED_HEADERS, unknown numbers) gets
 // NBD_REP_ERR_UNSUP, so clients fall back. NBD_REP_ERR_BLOCK_SIZE_REQD
 // is never sent: clients that use NBD_OPT_EXPORT_NAME are served, and
 // their misaligned requests fail with EINVAL.
@@ -148,6 +150,17 @@
 //
 // # Security
 //
-// There is no TLS and no authentication: listen on 127.0.0.1 or a unix
-// socket (the nvblk CLI does so by default).
+// Without Options.TLS there is no encryption and no authentication:
+// listen on 127.0.0.1 or a unix socket (the nvblk CLI does so by
+// default). With it the server requires TLS (the "forced" mode of the
+// protocol's TLS support): before NBD_OPT_STARTTLS every option but
+// NBD_OPT_ABORT is answered NBD_REP_ERR_TLS_REQD (NBD_OPT_EXPORT_NAME,
+// which cannot carry an error, is disconnected); a client that sends
+// anything after NBD_OPT_STARTTLS before the TLS handshake is
+// disconnected, and the plaintext reader and the options negotiated
+// before the upgrade are dropped (nbdkit's CVE-2021-3716). The TLS
+// handshake runs under HandshakeTimeout, and a connection is
+// established (MaxEstablished) only by an NBD_OPT_GO after it. Client
+// certificates are checked as the tls.Config says; Options.Authorize
+// can further limit each export to some clients.
 package nbd

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -160,6 +161,90 @@ func FuzzHandshake(f *testing.F) {
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatal("connection did not end")
+		}
+	})
+}
+
+// FuzzHandshakeTLS is FuzzHandshake on a server that requires TLS: the
+// input is what a client sends in the clear. Whatever it is, the server
+// answers nothing but NBD_REP_ERR_TLS_REQD, an error to a malformed
+// STARTTLS, or the ACK of STARTTLS or ABORT (after a STARTTLS ACK only
+// TLS follows, which these inputs cannot complete), and it never
+// reaches the transmission phase.
+func FuzzHandshakeTLS(f *testing.F) {
+	flags := be.AppendUint32(nil, clientFixedNewstyle|clientNoZeroes)
+	opt := func(o uint32, data []byte) []byte {
+		b := be.AppendUint64(nil, magicOption)
+		b = be.AppendUint32(b, o)
+		b = be.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	f.Add(cat(flags, opt(optGo, infoData("", infoBlockSize))))
+	f.Add(cat(flags, opt(optStructuredReply, nil), opt(optList, nil), opt(optInfo, infoData("")), opt(optExportName, nil)))
+	f.Add(cat(flags, opt(optStartTLS, nil), opt(optGo, infoData(""))))
+	f.Add(cat(flags, opt(optStartTLS, []byte("x")), opt(optStartTLS, nil), []byte{0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0}))
+	f.Add(cat(flags, opt(optSetMetaContext, metaData("", metaAllocation)), opt(optAbort, nil)))
+	f.Add(cat(flags, opt(99, []byte("x")), opt(optStartTLS, nil)))
+	p := getPKI(f)
+	dev := newMemDev(512, 64)
+	srv := NewServer(Options{TLS: p.serverTLS(), Workers: 2, HandshakeTimeout: 2 * time.Second})
+	if err := srv.AddExport("", "", dev, false); err != nil {
+		f.Fatal(err)
+	}
+	// A unix socket, not a pipe: the client half-closes after its
+	// bytes and still reads every reply.
+	ln := listenUnix(f, filepath.Join(f.TempDir(), "fuzz.sock"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cl, err := net.Dial("unix", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		sv, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make(chan []byte, 1)
+		go func() {
+			cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(cl)
+			out <- b
+		}()
+		done := make(chan error, 1)
+		go func() { done <- srv.ServeConn(sv) }()
+		cl.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		cl.Write(in)
+		cl.(*net.UnixConn).CloseWrite()
+		select {
+		case err = <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection did not end")
+		}
+		if err != nil && strings.Contains(err.Error(), "panic") || containedPanics.Load() != 0 {
+			t.Fatalf("server panicked: %v", err)
+		}
+		b := <-out
+		if len(b) < greetingLen {
+			return
+		}
+		for b = b[greetingLen:]; len(b) >= optionReplyHdrLen; {
+			o, typ, n := be.Uint32(b[8:]), be.Uint32(b[12:]), int(be.Uint32(b[16:]))
+			ok := typ == repErrTLSReqd || o == optAbort && typ == repAck ||
+				o == optStartTLS && (typ == repAck || typ == repErrInvalid)
+			if !ok {
+				t.Fatalf("before TLS the server answered option %d with %#x", o, typ)
+			}
+			if o == optStartTLS && typ == repAck {
+				return // TLS from here
+			}
+			if len(b) < optionReplyHdrLen+n {
+				t.Fatalf("truncated reply")
+			}
+			b = b[optionReplyHdrLen+n:]
+		}
+		if st := srv.Stats(); st.Established != 0 {
+			t.Fatal("a connection got established without TLS")
 		}
 	})
 }

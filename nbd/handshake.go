@@ -3,6 +3,8 @@ package nbd
 import (
 	"bufio"
 	"container/list"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,9 +19,14 @@ import (
 // out (see sendOwned).
 type conn struct {
 	srv *Server
-	nc  net.Conn
+	nc  net.Conn // raw, or tls once upgraded (written under srv.mu)
 	log *slog.Logger
 	br  *bufio.Reader
+
+	raw  net.Conn          // the accepted socket
+	tls  *tls.Conn         // after NBD_OPT_STARTTLS (see tls.go)
+	wire *tlsWire          // the socket under tls
+	peer *x509.Certificate // the client's TLS certificate, if any
 
 	shutdown   atomic.Bool // Shutdown began: read no further requests
 	structured bool        // NBD_OPT_STRUCTURED_REPLY was acknowledged
@@ -60,6 +67,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv: s,
 		nc:  nc,
+		raw: nc,
 		log: s.log.With("remote", remote),
 		br:  bufio.NewReaderSize(newPollReader(nc, s.opt.Poll, s.pollGate), 64<<10),
 	}
@@ -141,14 +149,20 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 		writeOptReply(bw, opt, repErrShutdown, []byte("server is shutting down"))
 		return nil, false, nil
 	}
+	if handled, done, err := c.beforeTLS(bw, opt, data); handled {
+		return nil, done, err
+	}
 	switch opt {
 	case optExportName:
 		if len(data) > MaxStringLen {
 			return nil, true, fmt.Errorf("%w: export name of %d bytes", ErrProtocol, len(data))
 		}
-		ex := c.srv.lookup(string(data))
+		ex, denied := c.lookupFor(string(data))
 		if ex == nil {
 			// The option cannot carry an error: the protocol says close.
+			if denied {
+				return nil, true, fmt.Errorf("%s", c.deniedMsg(string(data)))
+			}
 			return nil, true, fmt.Errorf("client asked for unknown export %q", data)
 		}
 		if !c.srv.admit(c, ex) {
@@ -177,6 +191,9 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 			return nil, false, nil
 		}
 		for _, ex := range c.srv.sortedExports() {
+			if _, denied := c.lookupFor(ex.Name); denied {
+				continue
+			}
 			p := make([]byte, 4, 4+len(ex.Name)+len(ex.Description))
 			be.PutUint32(p, uint32(len(ex.Name)))
 			p = append(append(p, ex.Name...), ex.Description...)
@@ -191,7 +208,11 @@ func (c *conn) option(bw *bufio.Writer, opt uint32, data []byte) (ex *export, do
 			writeOptReply(bw, opt, repErrInvalid, []byte(err.Error()))
 			return nil, false, nil
 		}
-		ex := c.srv.lookup(req.name)
+		ex, denied := c.lookupFor(req.name)
+		if denied {
+			writeOptReply(bw, opt, repErrPolicy, c.deniedMsg(req.name))
+			return nil, false, nil
+		}
 		if ex == nil {
 			writeOptReply(bw, opt, repErrUnknown, []byte(fmt.Sprintf("no export named %q", req.name)))
 			return nil, false, nil
@@ -273,7 +294,11 @@ func (c *conn) metaContext(bw *bufio.Writer, opt uint32, data []byte) error {
 		writeOptReply(bw, opt, repErrInvalid, []byte(err.Error()))
 		return nil
 	}
-	ex := c.srv.lookup(req.name)
+	ex, denied := c.lookupFor(req.name)
+	if denied {
+		writeOptReply(bw, opt, repErrPolicy, c.deniedMsg(req.name))
+		return nil
+	}
 	if ex == nil {
 		writeOptReply(bw, opt, repErrUnknown, []byte(fmt.Sprintf("no export named %q", req.name)))
 		return nil

@@ -3,7 +3,10 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -271,5 +274,165 @@ func TestMaxConns(t *testing.T) {
 	d := connect(t, ts, "", false)
 	if r := d.do(cmdRead, 0, 0, 512, nil); r.errno != 0 {
 		t.Fatal(r.errno)
+	}
+}
+
+// TestHostileTLSClients: with TLS required, broken and malicious TLS
+// clients (garbage instead of a ClientHello, a stalled or truncated
+// handshake, raw bytes inside the TLS stream, a flood of half-done
+// handshakes) are closed within the handshake timeout while a good TLS
+// client keeps doing verified I/O, and every goroutine is gone after.
+func TestHostileTLSClients(t *testing.T) {
+	baseline := runtime.NumGoroutine()
+	p := getPKI(t)
+	dev := newMemDev(512, 2048)
+	ts := startServer(t, Options{TLS: p.serverTLS(), HandshakeTimeout: 500 * time.Millisecond, MaxBlockSize: 1 << 20},
+		withExport("", "", dev, false))
+
+	stop := make(chan struct{})
+	var goodOps atomic.Int64
+	var goodErr error
+	var wg sync.WaitGroup
+	good := connectTLS(t, ts, p, p.client, "")
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		deadline := time.Now().Add(60 * time.Second)
+		for i := 0; time.Now().Before(deadline); i++ {
+			select {
+			case <-stop:
+				good.disconnect()
+				return
+			default:
+			}
+			data := pattern(4096, byte(i))
+			off := uint64(i%256) * 4096
+			if r := good.do(cmdWrite, 0, off, 4096, data); r.errno != 0 {
+				goodErr = r.errno
+				return
+			}
+			if r := good.do(cmdRead, 0, off, 4096, nil); r.errno != 0 || !bytes.Equal(r.data, data) {
+				goodErr = errors.Join(r.errno, errors.New("data mismatch"))
+				return
+			}
+			goodOps.Add(1)
+		}
+	}()
+
+	// clientHello captures the first bytes a real TLS client sends.
+	clientHello := func(t *testing.T) []byte {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		go tls.Client(a, p.clientTLS(p.client)).Handshake()
+		b.SetReadDeadline(time.Now().Add(ioTimeout))
+		buf := make([]byte, 4096)
+		n, err := b.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf[:n]
+	}
+	afterStartTLS := func(c *client) {
+		c.greet(clientFixedNewstyle | clientNoZeroes)
+		c.sendOption(optStartTLS, nil)
+		if r := c.readOptReply(); r.typ != repAck {
+			c.t.Fatalf("STARTTLS: %#x", r.typ)
+		}
+	}
+	cases := []struct {
+		name string
+		run  func(t *testing.T, c *client)
+	}{
+		{"garbage instead of a ClientHello", func(t *testing.T, c *client) {
+			afterStartTLS(c)
+			c.mustWrite([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+		}},
+		{"silent after STARTTLS (handshake timeout)", func(t *testing.T, c *client) { afterStartTLS(c) }},
+		{"truncated ClientHello", func(t *testing.T, c *client) {
+			afterStartTLS(c)
+			c.mustWrite(clientHello(t)[:20])
+		}},
+		{"a huge TLS record header", func(t *testing.T, c *client) {
+			afterStartTLS(c)
+			c.mustWrite([]byte{0x16, 0x03, 0x01, 0xff, 0xff})
+		}},
+		{"plaintext inside the TLS stream", func(t *testing.T, c *client) {
+			afterStartTLS(c)
+			raw := c.nc
+			tc := tls.Client(raw, p.clientTLS(p.client))
+			c.deadline()
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			b := be.AppendUint64(nil, magicOption)
+			b = be.AppendUint32(be.AppendUint32(b, optGo), 6)
+			raw.Write(append(b, 0, 0, 0, 0, 0, 0)) // not a TLS record
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, ts)
+			tc.run(t, c)
+			c.expectClosed()
+		})
+	}
+
+	t.Run("flood of stalled handshakes", func(t *testing.T) {
+		hello := clientHello(t)
+		var fwg sync.WaitGroup
+		for i := range 40 {
+			fwg.Add(1)
+			go func() {
+				defer fwg.Done()
+				nc, err := net.DialTimeout("unix", ts.sock, ioTimeout)
+				if err != nil {
+					return
+				}
+				defer nc.Close()
+				nc.SetDeadline(time.Now().Add(ioTimeout))
+				io.ReadFull(nc, make([]byte, greetingLen))
+				b := be.AppendUint32(nil, clientFixedNewstyle)
+				b = be.AppendUint64(b, magicOption)
+				b = be.AppendUint32(be.AppendUint32(b, optStartTLS), 0)
+				nc.Write(b)
+				io.ReadFull(nc, make([]byte, optionReplyHdrLen))
+				if i%2 == 0 {
+					nc.Write(hello) // then stall mid-handshake
+				}
+				io.Copy(io.Discard, nc) // until the server closes
+			}()
+		}
+		fwg.Wait()
+		// A new TLS client is still served.
+		c := connectTLS(t, ts, p, p.client, "")
+		if r := c.do(cmdRead, 0, 0, 512, nil); r.errno != 0 {
+			t.Fatal(r.errno)
+		}
+		c.disconnect()
+		c.expectClosed()
+	})
+
+	close(stop)
+	wg.Wait()
+	if goodErr != nil {
+		t.Fatalf("the good TLS client failed after %d ops: %v", goodOps.Load(), goodErr)
+	}
+	if goodOps.Load() == 0 {
+		t.Fatal("the good TLS client did nothing")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ts.mu.Lock()
+		n := len(ts.conns)
+		ts.mu.Unlock()
+		g := runtime.NumGoroutine()
+		if n == 0 && g <= baseline+3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections and %d goroutines (baseline %d) left", n, g, baseline)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -3,6 +3,8 @@ package nbd
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -109,6 +111,15 @@ type Options struct {
 	// Logger receives connection events and protocol violations. Nil
 	// discards them.
 	Logger *slog.Logger
+	// TLS, if set, makes the server require TLS (NBD_OPT_STARTTLS, forced
+	// mode; see tls.go). Client certificates are checked as it says
+	// (ClientAuth, ClientCAs). Nil: plaintext only.
+	TLS *tls.Config
+	// Authorize, if set, is asked whether the client presenting cert
+	// (nil without TLS or without a client certificate) may use the
+	// export named name; a refused export is left out of NBD_OPT_LIST
+	// and answered NBD_REP_ERR_POLICY.
+	Authorize func(name string, cert *x509.Certificate) bool
 
 	// watchTick replaces the watchdog period (tests).
 	watchTick time.Duration
@@ -161,6 +172,7 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	o.tlsDefaults()
 }
 
 // ExportInfo describes one export as clients see it.
@@ -384,7 +396,7 @@ func (s *Server) track(nc net.Conn) (*conn, bool) {
 		// goroutine sees the closed socket and untracks it.
 		old := s.handshaking.Remove(s.handshaking.Front()).(*conn)
 		old.hsElem = nil
-		old.nc.Close()
+		old.raw.Close() // the socket: a TLS close_notify may block
 		s.evicted.Add(1)
 		s.log.Debug("nbd: handshake slots full; closed the oldest handshaking connection", "remote", old.nc.RemoteAddr(), "limit", s.opt.MaxHandshakes)
 	}
@@ -485,7 +497,7 @@ func (s *Server) shutdown(ctx context.Context) (ctxErr, flushErr error) {
 		ctxErr = ctx.Err()
 		s.mu.Lock()
 		for c := range s.conns {
-			c.nc.Close()
+			c.raw.Close() // not a TLS close_notify, which may block
 		}
 		s.mu.Unlock()
 		<-done
@@ -506,7 +518,7 @@ func (s *Server) shutdown(ctx context.Context) (ctxErr, flushErr error) {
 // contained to the connection.
 func (c *conn) serve() (err error) {
 	defer c.srv.untrack(c)
-	defer c.nc.Close()
+	defer c.closeConn()
 	defer func() {
 		if p := recover(); p != nil {
 			containedPanics.Add(1)

@@ -682,7 +682,7 @@ func (c *conn) writeReplies() {
 		o.wiov = append(append(o.wiov[:0], o.wvecs...), o.wsmall)
 		o.wbufs = o.wiov // WriteTo consumes wbufs, not wiov
 		c.nc.SetWriteDeadline(time.Now().Add(c.srv.opt.WriteTimeout))
-		_, err := o.wbufs.WriteTo(c.nc)
+		_, err := c.writeBatch(&o.wbufs)
 		clear(o.wiov)
 		for i, p := range o.wowned {
 			putBuf(p)

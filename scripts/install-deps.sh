@@ -21,6 +21,8 @@ PKGS=(
 	libnbd-bin
 	python3-libnbd
 	nbdkit
+	gnutls-bin
+	nbd-client
 	fio
 	fuse3
 	e2fsprogs

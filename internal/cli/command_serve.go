@@ -49,6 +49,8 @@ type serveOptions struct {
 	logLevel     string
 	logFormat    string
 	metrics      string
+
+	tls serveTLSFlags // see serve_tls.go
 }
 
 func newServeCommand() *cobra.Command {
@@ -57,8 +59,9 @@ func newServeCommand() *cobra.Command {
 		Use:   "serve [--listen HOST:PORT | --socket PATH] [--read-only] [--size SIZE] [--export-name NAME] [PATH]",
 		Short: "Serve the device over NBD (PATH defaults to ./nvblk.img, created if missing)",
 		Long: "Serve the device over the Network Block Device protocol until SIGINT or SIGTERM.\n" +
-			"It listens on " + DefaultListen + " (loopback only) unless told otherwise; NBD has no\n" +
-			"authentication, so only use --listen with another address on a trusted network.\n" +
+			"It listens on " + DefaultListen + " (loopback only) unless told otherwise. NBD itself has no\n" +
+			"authentication: --listen on another address needs --tls-creds DIR (TLS with client\n" +
+			"certificates; `nvblk certs DIR` makes them) or --insecure (a trusted network only).\n" +
 			"A missing PATH is created: a BTT (linux format, 4096-byte sectors) of --size bytes (default 1G).\n" +
 			"Started by systemd socket activation (LISTEN_PID/LISTEN_FDS set), it serves on the sockets passed.",
 		Args: cobra.MaximumNArgs(1),
@@ -82,6 +85,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&o.logLevel, "log-level", "", "log level: debug, info, warn (default) or error; overrides -v")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (PORT or HOST:PORT; a bare port or empty host means 127.0.0.1)")
+	addTLSFlags(cmd, &o.tls)
 	addPartitionFlag(cmd)
 	addForceRawFlag(cmd)
 	return cmd
@@ -112,6 +116,10 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	if err != nil {
 		return err
 	}
+	tlsConfig, authorize, err := o.tls.load(cmd)
+	if err != nil {
+		return err
+	}
 	metricsAt := ""
 	if o.metrics != "" {
 		if metricsAt, err = metricsAddr(o.metrics); err != nil {
@@ -127,6 +135,9 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	}
 	if activated != nil && (cmd.Flags().Changed("listen") || o.socket != "") {
 		return &ExitError{Code: 16, Err: errors.New("--listen and --socket cannot be used with systemd socket activation (LISTEN_FDS)")}
+	}
+	if err := checkExposure(o, activated); err != nil {
+		return err
 	}
 	size, err := sizeFlag(o.size)
 	if err != nil {
@@ -167,10 +178,14 @@ func serveFunc(cmd *cobra.Command, args []string, o *serveOptions) error {
 	} else {
 		uri = listenerURI(lns[0], o.exportName)
 	}
+	if tlsConfig != nil {
+		uri = tlsURI(uri, o.tls.dir)
+	}
 
 	idle := make(chan struct{}, 1)
 	srv := nbd.NewServer(nbd.Options{DefaultExport: o.exportName, Logger: logger, Poll: pollOption(o.poll),
-		MaxEstablished: o.maxConns, MaxHandshakes: o.maxHandshake, HandshakeTimeout: o.handshakeTO, MaxMemory: maxMemory, OnIdle: func() {
+		MaxEstablished: o.maxConns, MaxHandshakes: o.maxHandshake, HandshakeTimeout: o.handshakeTO, MaxMemory: maxMemory,
+		TLS: tlsConfig, Authorize: authorize, OnIdle: func() {
 			select {
 			case idle <- struct{}{}:
 			default:
@@ -368,15 +383,24 @@ func printConnectHelp(w io.Writer, path string, info InfoJSON, readOnly bool, o 
 		path, formatDesc(info), info.Sectors*uint64(info.SectorSize), mode, o.exportName)
 	fmt.Fprintf(w, "listening on %s\n", uri)
 	for _, ln := range lns[1:] {
-		fmt.Fprintf(w, "listening on %s\n", listenerURI(ln, o.exportName))
+		u := listenerURI(ln, o.exportName)
+		if o.tls.dir != "" {
+			u = tlsURI(u, o.tls.dir)
+		}
+		fmt.Fprintf(w, "listening on %s\n", u)
 	}
 	for _, ln := range lns {
-		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && o.tls.dir == "" {
 			fmt.Fprintf(w, "WARNING: %s is reachable from other hosts and NBD has no authentication\n", tcp)
 		}
 	}
 	fmt.Fprintln(w, "connect with:")
 	fmt.Fprintf(w, "  nbdinfo '%s'\n", uri)
+	if o.tls.dir != "" {
+		printTLSHelp(w, &o.tls, lns, o.exportName)
+		fmt.Fprintln(w, "stop with Ctrl-C (SIGINT) or SIGTERM")
+		return
+	}
 	fmt.Fprintf(w, "  qemu-img info '%s'\n", uri)
 	var nc string
 	switch a := lns[0].Addr().(type) {

@@ -50,7 +50,7 @@ func NewRoot() *cobra.Command {
 	}
 	root.AddCommand(newCreateCommand(), newInfoCommand(), newReadCommand(), newWriteCommand(),
 		newZeroCommand(), newBenchCommand(), newServeCommand(), newCheckCommand(),
-		newPartitionCommand(), newListCommand())
+		newPartitionCommand(), newListCommand(), newCertsCommand())
 	// Usage errors (bad flags, wrong argument counts) exit 16: they are
 	// marked where cobra reports them, not recognised by their text.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err) })
