@@ -699,7 +699,7 @@ func (c *conn) writeReplies() {
 			o.fail()
 			o.mu.Unlock()
 			c.log.Debug("nbd: reply write failed; closing", "err", err)
-			c.nc.Close()
+			c.raw.Close() // the socket: a TLS close would try to write again
 			return
 		}
 		if o.queued == 0 {
