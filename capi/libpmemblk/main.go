@@ -37,8 +37,11 @@
 // fails with EIO, as in a Go program. A host that installs its own SIGBUS
 // or SIGSEGV handler after loading the library replaces the runtime's,
 // and such a fault then reaches the host's handler instead (its process
-// most likely dies, as it would with PMDK's libpmemblk). See the README,
-// "Migrating from libpmemblk".
+// most likely dies, as it would with PMDK's libpmemblk), unless that
+// handler runs on the alternate stack (SA_ONSTACK) and calls the previous
+// one for faults it does not own: then the runtime's handler still turns
+// the fault into EIO (interop/pmdk, capitest sigbus-chain). See the
+// README, "Migrating from libpmemblk".
 package main
 
 /*

@@ -17,6 +17,9 @@
  *                         with ENOTSUP and a message, at once
  *   capitest sigbus DIR   nvblk only: the pool file truncated under the
  *                         mapping: reads and writes fail with EIO
+ *   capitest sigbus-chain DIR  the same with a SIGBUS handler of the
+ *                         program's own, installed after the library was
+ *                         loaded, with SA_ONSTACK, calling the previous one
  *   capitest extra DIR    nvblk only: pool set files and copy-on-write
  *                         opens are refused, errormsg is per thread
  *
@@ -28,6 +31,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -408,9 +412,31 @@ do_fork(void)
 	free(want);
 }
 
+static struct sigaction prev_bus;
+static volatile sig_atomic_t own_handler_ran;
+
+/* A program's own SIGBUS handler that passes faults it does not own on. */
 static void
-do_sigbus(void)
+own_sigbus(int sig, siginfo_t *si, void *ctx)
 {
+	own_handler_ran = 1;
+	if (prev_bus.sa_flags & SA_SIGINFO)
+		prev_bus.sa_sigaction(sig, si, ctx);
+	else
+		_exit(9);
+}
+
+static void
+do_sigbus(int chain)
+{
+	if (chain) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_sigaction = own_sigbus;
+		sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+		sigemptyset(&sa.sa_mask);
+		expect(sigaction(SIGBUS, &sa, &prev_bus) == 0, "install a SIGBUS handler");
+	}
 	PMEMblkpool *pbp = pmemblk_create(path("b"), BSIZE, POOLSIZE, 0644);
 	expect(pbp != NULL, "create");
 	if (!pbp)
@@ -429,6 +455,8 @@ do_sigbus(void)
 	r = pmemblk_write(pbp, buf, last);
 	result("sigbus.write", r);
 	expect(r == -1 && errno == EIO, "a write to a truncated block fails with EIO");
+	if (chain)
+		expect(own_handler_ran, "the program's handler saw the SIGBUS first");
 	pmemblk_close(pbp);
 	free(buf);
 }
@@ -499,7 +527,7 @@ int
 main(int argc, char *argv[])
 {
 	if (argc != 3) {
-		fprintf(stderr, "usage: capitest api|rofile|fork|sigbus|extra DIR|POOL\n");
+		fprintf(stderr, "usage: capitest api|rofile|fork|sigbus|sigbus-chain|extra DIR|POOL\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -511,7 +539,9 @@ main(int argc, char *argv[])
 	else if (strcmp(argv[1], "fork") == 0)
 		do_fork();
 	else if (strcmp(argv[1], "sigbus") == 0)
-		do_sigbus();
+		do_sigbus(0);
+	else if (strcmp(argv[1], "sigbus-chain") == 0)
+		do_sigbus(1);
 	else if (strcmp(argv[1], "extra") == 0)
 		do_extra();
 	else
