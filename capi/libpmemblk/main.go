@@ -58,6 +58,8 @@ import (
 	"syscall"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/pmemblk"
 )
@@ -67,8 +69,9 @@ func main() {}
 // pools maps handles (indexes; 0 is never used) to open pools. Lookups
 // are one atomic load; open and close copy the table under mu.
 var pools struct {
-	mu  sync.Mutex
-	tab atomic.Pointer[[]*pmemblk.Pool]
+	mu    sync.Mutex
+	tab   atomic.Pointer[[]*pmemblk.Pool]
+	locks map[*pmemblk.Pool]*os.File // each pool's flock (lockPool)
 }
 
 func lookup(h C.uintptr_t) *pmemblk.Pool {
@@ -79,9 +82,15 @@ func lookup(h C.uintptr_t) *pmemblk.Pool {
 	return (*t)[h]
 }
 
-func register(p *pmemblk.Pool) uintptr {
+func register(p *pmemblk.Pool, lock *os.File) uintptr {
 	pools.mu.Lock()
 	defer pools.mu.Unlock()
+	if lock != nil {
+		if pools.locks == nil {
+			pools.locks = map[*pmemblk.Pool]*os.File{}
+		}
+		pools.locks[p] = lock
+	}
 	var old []*pmemblk.Pool
 	if t := pools.tab.Load(); t != nil {
 		old = *t
@@ -119,6 +128,33 @@ func unregister(h C.uintptr_t) *pmemblk.Pool {
 	n[h] = nil
 	pools.tab.Store(&n)
 	return p
+}
+
+// unlock releases the flock of a closed pool.
+func unlock(p *pmemblk.Pool) {
+	pools.mu.Lock()
+	f := pools.locks[p]
+	delete(pools.locks, p)
+	pools.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+}
+
+// lockPool takes the exclusive flock(2) libpmemblk takes on a pool file
+// while it is open (or checked), so that PMDK's library and this one, in
+// any processes, and two opens in one process, exclude each other: the
+// second fails with EAGAIN. The lock lives as long as the returned file.
+func lockPool(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "flock", Path: path, Err: err}
+	}
+	return f, nil
 }
 
 // errnoOf maps an error of the pmemblk or pmem package, or of the system,
@@ -216,16 +252,26 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 		return C.int(syscall.ENOTSUP)
 	}
 	var p *pmemblk.Pool
+	var lock *os.File
 	var err error
 	if create != 0 {
 		if uint64(bsize) > 1<<32-1 || uint64(poolsize) > 1<<63-1 {
 			setMsg(msg, fn, "block size or pool size out of range")
 			return C.int(syscall.EINVAL)
 		}
+		if poolsize == 0 {
+			// An existing file: lock it before writing the pool into it.
+			if lock, err = lockPool(name); err != nil {
+				return fail(msg, err)
+			}
+		}
 		p, err = pmemblk.CreateWith(name, int(bsize), int64(poolsize), pmemblk.Options{Mode: os.FileMode(mode).Perm()})
-		if err == nil && os.FileMode(mode).Perm() == 0 && poolsize != 0 {
-			// Options.Mode 0 means 0644; libpmemblk gives what it is asked.
-			err = os.Chmod(name, 0)
+		if err == nil && poolsize != 0 {
+			lock, err = lockPool(name)
+			if err == nil && os.FileMode(mode).Perm() == 0 {
+				// Options.Mode 0 means 0644; libpmemblk gives what it is asked.
+				err = os.Chmod(name, 0)
+			}
 			if err != nil {
 				p.Close()
 				os.Remove(name)
@@ -236,12 +282,17 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 			setMsg(msg, fn, "block size out of range")
 			return C.int(syscall.EINVAL)
 		}
-		p, err = pmemblk.Open(name, int(bsize))
+		if lock, err = lockPool(name); err == nil {
+			p, err = pmemblk.Open(name, int(bsize))
+		}
 	}
 	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
 		return fail(msg, err)
 	}
-	fillInfo(out, register(p), p)
+	fillInfo(out, register(p, lock), p)
 	return 0
 }
 
@@ -254,6 +305,7 @@ func nvblk_go_close(h C.uintptr_t, msg *C.char) C.int {
 		setMsg(msg, "pmemblk_close", "not an open pool")
 		return C.int(syscall.EINVAL)
 	}
+	defer unlock(p)
 	if err := p.Close(); err != nil {
 		return fail(msg, err)
 	}
@@ -337,6 +389,11 @@ func nvblk_go_check(path *C.char, bsize C.size_t, msg *C.char) C.int {
 	}
 	// libpmemblk opens the pool first: what it cannot open is an error
 	// (-1 and errno), not an inconsistent pool.
+	lock, err := lockPool(name)
+	if err != nil {
+		return -fail(msg, err)
+	}
+	defer lock.Close()
 	p, err := pmemblk.OpenWith(name, int(bsize), pmemblk.Options{ReadOnly: true})
 	if err != nil {
 		return -fail(msg, err)

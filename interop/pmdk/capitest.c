@@ -338,6 +338,16 @@ api(void)
 	result("check.wrong_bsize", pmemblk_check(path("p"), 512));
 	pool_result("create0.existing_pool", pmemblk_create(path("p"), BSIZE, 0, 0644));
 
+	/* an open pool is locked (flock) against other opens and checks */
+	pbp = pool_result("open.first", pmemblk_open(path("p"), 0));
+	pool_result("open.while_open", pmemblk_open(path("p"), 0));
+	result("check.while_open", pmemblk_check(path("p"), 0));
+	if (pbp)
+		pmemblk_close(pbp);
+	pbp = pool_result("open.after_close", pmemblk_open(path("p"), 0));
+	if (pbp)
+		pmemblk_close(pbp);
+
 	/* create with size 0 in an existing zeroed file */
 	pbp = pool_result("create0.zeroed_file", pmemblk_create(path("zeros"), 512, 0, 0644));
 	if (pbp) {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,14 +90,14 @@ func needCAPI(t *testing.T) capi {
 	x := needTools(t)
 	gcc := testutil.NeedTool(t, "gcc")
 	pkgConfig := testutil.NeedTool(t, "pkg-config")
+	goTool := testutil.NeedTool(t, "go")
 	capiOnce.Do(func() {
 		c := capi{dir: filepath.Join(buildDir, "capi")}
 		c.lib = filepath.Join(c.dir, "libpmemblk.so.1")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, filepath.Join(testutil.RepoRoot(), "scripts", "build-capi.sh"), c.dir)
-		// The go that runs the tests builds the library.
-		cmd.Env = append(os.Environ(), "PATH="+filepath.Join(runtime.GOROOT(), "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(goTool)+string(os.PathListSeparator)+os.Getenv("PATH"))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			capiErr = fmt.Errorf("scripts/build-capi.sh: %v\n%s", err, out)
 			return
