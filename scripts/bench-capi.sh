@@ -13,9 +13,10 @@
 # nvblk-go in ops/s) and the summary prints their medians over the rounds.
 #
 # Environment (defaults): DURATION=1s RUNS=5 THREADS="1 2" OPS="fill write read"
-# SIZE=1G BENCH_DIR=/dev/shm KEEP=0. Each run also records the CPU cores
-# other processes used meanwhile (others=), since the machine may be
-# shared. About 1.5 minutes with the defaults.
+# SIZE=1G BENCH_DIR=/dev/shm KEEP=0 IDLE_WAIT=20 BUSY_BUDGET=300. Each run
+# waits for an idle machine (wait_idle) and records the CPU cores other
+# processes used meanwhile (others=), since the machine may be shared.
+# About 1.5 minutes with the defaults on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +58,23 @@ busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 field() { sed -n "s/.*[ {\"]$1[\"]*[=:]\([0-9.]*\).*/\1/p" | head -n1; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+# Before each run wait up to $IDLE_WAIT s for the machine to be idle (other
+# processes below 0.15 of a core), until $BUSY_BUDGET s have gone to waiting.
+IDLE_WAIT=${IDLE_WAIT:-20}
+BUSY_BUDGET=${BUSY_BUDGET:-300}
+busy_spent=0
+wait_idle() {
+	local t0=$SECONDS b0 b1
+	((busy_spent < BUSY_BUDGET)) || return 0
+	while ((SECONDS - t0 < IDLE_WAIT)); do
+		b0=$(busy_jiffies)
+		sleep 0.5
+		b1=$(busy_jiffies)
+		(((b1 - b0) * 200 < 15 * HZ)) && break
+	done
+	busy_spent=$((busy_spent + SECONDS - t0))
+}
+
 # run ROUND OP THREADS IMPL: one measured run, recorded with others=.
 run() {
 	local round=$1 op=$2 t=$3 impl=$4 line b0 b1 others
@@ -66,6 +84,7 @@ run() {
 	nvblk-capi) cmd=(env LD_LIBRARY_PATH="$LIB" "$BIN/blkbench" "$op" -t "$t" -d "$DURATION" "$POOL_NVBLK") ;;
 	nvblk-go) cmd=("$BIN/nvblk" bench --op "$op" --threads "$t" --duration "$DURATION" "$POOL_NVBLK") ;;
 	esac
+	wait_idle
 	b0=$(busy_jiffies)
 	line=$(/usr/bin/time -f '%e %U %S' -o "$DIR/time.out" "${cmd[@]}" 2>>"$LOG")
 	b1=$(busy_jiffies)
@@ -121,6 +140,8 @@ for op in $OPS; do
 			"$(med "$op" "$t" nvblk-capi)" "$(med "$op" "$t" nvblk-go)" "$rp ($rpr)" "$rg" "$(maxothers "$op" "$t")"
 	done
 done
+echo
+echo "time spent waiting for an idle machine: ${busy_spent}s (budget ${BUSY_BUDGET}s)"
 echo
 echo "== diagnostics (stderr of the runs)"
 cat "$LOG"
