@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -214,9 +215,31 @@ concurrency(void)
 
 /* --- the API --------------------------------------------------------------- */
 
+/* Allocator hooks for pmemblk_set_funcs that count their calls. */
+static atomic_int n_alloc;
+static void *
+count_malloc(size_t n)
+{
+	atomic_fetch_add(&n_alloc, 1);
+	return malloc(n);
+}
+static void *
+count_realloc(void *p, size_t n)
+{
+	atomic_fetch_add(&n_alloc, 1);
+	return realloc(p, n);
+}
+static char *
+count_strdup(const char *s)
+{
+	atomic_fetch_add(&n_alloc, 1);
+	return strdup(s);
+}
+
 static void
 api(void)
 {
+	pmemblk_set_funcs(count_malloc, free, count_realloc, count_strdup);
 	/* versions */
 	expect(pmemblk_check_version(PMEMBLK_MAJOR_VERSION, PMEMBLK_MINOR_VERSION) == NULL,
 		"check_version(1, 1) is NULL");
@@ -277,6 +300,7 @@ api(void)
 	printf("stat.size %lld\n", (long long)st.st_size);
 	size_t nblock = pmemblk_nblock(pbp);
 	printf("bsize %zu nblock %zu\n", pmemblk_bsize(pbp), nblock);
+	printf("set_funcs.used %d\n", atomic_load(&n_alloc) > 0);
 	pool_result("create.exists", pmemblk_create(path("p"), BSIZE, POOLSIZE, 0644));
 
 	uint8_t *buf = malloc(BSIZE), *want = malloc(BSIZE);
