@@ -10,7 +10,8 @@
 # PREFIX/lib and PREFIX/include, for installing the files there (see the
 # README, "Migrating from libpmemblk"); without it, it names OUTDIR, so
 #   PKG_CONFIG_PATH=OUTDIR pkg-config --cflags --libs libpmemblk
-# builds against OUTDIR as it is. Needs go and gcc.
+# builds against OUTDIR as it is. Needs go and gcc. The library is marked
+# nodelete: the Go runtime inside cannot be unloaded, so dlclose keeps it.
 set -euo pipefail
 if [ $# -ne 1 ]; then
 	echo "usage: $0 OUTDIR" >&2
@@ -21,7 +22,7 @@ mkdir -p "$1"
 out=$(cd "$1" && pwd)
 
 CGO_ENABLED=1 go build -C "$src" -buildmode=c-shared -trimpath \
-	-ldflags "-extldflags '-Wl,-soname,libpmemblk.so.1 -Wl,--version-script=$src/libpmemblk.map'" \
+	-ldflags "-extldflags '-Wl,-soname,libpmemblk.so.1 -Wl,--version-script=$src/libpmemblk.map -Wl,-z,nodelete'" \
 	-o "$out/libpmemblk.so.1" .
 rm -f "$out/libpmemblk.so.h" # cgo's header of the Go side; libpmemblk.h is the API
 ln -sfn libpmemblk.so.1 "$out/libpmemblk.so"

@@ -120,6 +120,10 @@ func TestCAPISymbols(t *testing.T) {
 	if !strings.Contains(string(out), "Library soname: [libpmemblk.so.1]") {
 		t.Errorf("soname:\n%s", out)
 	}
+	// The Go runtime cannot be unloaded: dlclose must keep the library.
+	if !regexp.MustCompile(`FLAGS_1.*NODELETE`).Match(out) {
+		t.Errorf("the library is not marked nodelete:\n%s", out)
+	}
 	for _, f := range []string{"libpmemblk.so", "libpmemblk.h", "libpmemblk.pc"} {
 		if _, err := os.Stat(filepath.Join(c.dir, f)); err != nil {
 			t.Error(err)
@@ -432,4 +436,35 @@ func tail(s string, n int) string {
 		return "..." + s[len(s)-n:]
 	}
 	return s
+}
+
+// A program whose own SIGBUS handler was installed before it loaded the
+// library (dlopen): the Go runtime installs its handler over it, turns a
+// fault in the library's mapping into EIO, and passes a fault in the
+// program's own code on to the program's handler. PMDK's library dies of
+// the first fault in the program's handler.
+func TestCAPISignalHandlerInstalledBefore(t *testing.T) {
+	c := needCAPI(t)
+	bin := gccBuild(t, t.TempDir(), "sigbustest", "sigbustest.c", "-ldl")
+	for _, lib := range []struct{ name, path, want string }{
+		{"nvblk", c.lib, "handler after load: other\nread -1 EIO\nown handler\n"},
+		{"pmdk", debianLib, "handler after load: own\nown handler\n"},
+	} {
+		t.Run(lib.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, lib.path, t.TempDir())
+			cmd.Env = append(os.Environ(), fastEnv...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+				t.Fatalf("sigbustest %s: %v (want exit status 7, from the program's handler)\n%s%s", lib.name, err, out, stderr.String())
+			}
+			if string(out) != lib.want {
+				t.Errorf("sigbustest %s printed\n%s\nwant\n%s(stderr: %s)", lib.name, out, lib.want, stderr.String())
+			}
+		})
+	}
 }
