@@ -165,10 +165,12 @@ pmemblk_close(PMEMblkpool *pbp)
 	if (enter("pmemblk_close", pbp) < 0)
 		return;
 	int e = nvblk_go_close(pbp->handle, nvblk_msg);
-	if (e != 0) {
-		errno = e;
+	if (e < 0) {
+		errno = EINVAL; /* not a pool of ours: leave the memory alone */
 		return;
 	}
+	if (e > 0)
+		errno = e; /* closed all the same */
 	nvblk_free(pbp);
 }
 

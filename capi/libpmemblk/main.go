@@ -296,14 +296,16 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 	return 0
 }
 
-// nvblk_go_close closes the pool of handle h.
+// nvblk_go_close closes the pool of handle h: 0, a positive errno when
+// closing failed (the pool is closed all the same), or -1 when h is not
+// an open pool.
 //
 //export nvblk_go_close
 func nvblk_go_close(h C.uintptr_t, msg *C.char) C.int {
 	p := unregister(h)
 	if p == nil {
 		setMsg(msg, "pmemblk_close", "not an open pool")
-		return C.int(syscall.EINVAL)
+		return -1
 	}
 	defer unlock(p)
 	if err := p.Close(); err != nil {
