@@ -53,6 +53,8 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -139,6 +141,23 @@ func unlock(p *pmemblk.Pool) {
 	if f != nil {
 		f.Close()
 	}
+}
+
+// umask returns the process's file mode creation mask (from
+// /proc/self/status: reading it with umask(2) would change it for a
+// moment under other threads), or 022 if it cannot be read.
+func umask() os.FileMode {
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+					return os.FileMode(m).Perm()
+				}
+			}
+		}
+	}
+	return 0o022
 }
 
 // lockPool takes the exclusive flock(2) libpmemblk takes on a pool file
@@ -265,12 +284,16 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 				return fail(msg, err)
 			}
 		}
-		p, err = pmemblk.CreateWith(name, int(bsize), int64(poolsize), pmemblk.Options{Mode: os.FileMode(mode).Perm()})
+		// libpmemblk keeps the descriptor it created the file with, so a
+		// mode without owner read and write (0444, 0) still gives a
+		// writable pool; the pmemblk package opens the file again, so it
+		// creates it with them and the mode asked for is set afterwards.
+		perm := os.FileMode(mode).Perm()
+		p, err = pmemblk.CreateWith(name, int(bsize), int64(poolsize), pmemblk.Options{Mode: perm | 0o600})
 		if err == nil && poolsize != 0 {
 			lock, err = lockPool(name)
-			if err == nil && os.FileMode(mode).Perm() == 0 {
-				// Options.Mode 0 means 0644; libpmemblk gives what it is asked.
-				err = os.Chmod(name, 0)
+			if err == nil && perm&0o600 != 0o600 {
+				err = os.Chmod(name, perm&^umask())
 			}
 			if err != nil {
 				p.Close()

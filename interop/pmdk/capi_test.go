@@ -193,6 +193,9 @@ func TestCAPIMatchesLibpmemblk(t *testing.T) {
 	copyFile(t, pmdkBin, roBin)
 	for _, f := range []string{dir, pool, roBin} {
 		mode := os.FileMode(0o755)
+		if f == dir {
+			mode = 0o777 // nobody creates a pool beside the read-only one
+		}
 		if f == pool {
 			mode = 0o444
 		}

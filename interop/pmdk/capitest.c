@@ -11,7 +11,8 @@
  *   gcc -O2 -pthread -o capitest capitest.c -lpmemblk
  *
  *   capitest api DIR      the API on pools made in DIR (empty)
- *   capitest rofile POOL  open of a pool file the caller cannot write
+ *   capitest rofile POOL  open of a pool file the caller cannot write,
+ *                         and create of a pool with mode 0444 beside it
  *                         (run as a user other than root)
  *   capitest fork DIR     nvblk only: calls in a child after fork() fail
  *                         with ENOTSUP and a message, at once
@@ -555,6 +556,25 @@ rofile(const char *p)
 	}
 	/* The checker only reads. */
 	result("rofile.check", pmemblk_check(p, 0));
+
+	/* A new pool whose mode denies writing is still written through
+	 * the handle create returned. */
+	char np[4096];
+	snprintf(np, sizeof(np), "%s.new", p);
+	mode_t old = umask(022);
+	pbp = pool_result("rofile.create_0444", pmemblk_create(np, BSIZE, POOLSIZE, 0444));
+	umask(old);
+	struct stat st;
+	if (stat(np, &st) == 0)
+		printf("rofile.create_0444.mode %o\n", (unsigned)(st.st_mode & 0777));
+	if (pbp) {
+		uint8_t buf[BSIZE];
+		fill(buf, BSIZE, 4);
+		result("rofile.create_0444.write", pmemblk_write(pbp, buf, 0));
+		pmemblk_close(pbp);
+	}
+	pool_result("rofile.create_0444.reopen", pmemblk_open(np, 0));
+	unlink(np);
 }
 
 int
