@@ -44,8 +44,9 @@ static void (*nvblk_free)(void *) = free;
 
 /*
  * fork: the Go runtime's threads do not exist in a child, so a call into
- * Go there would hang. The pid at load time and an atfork handler tell a
- * child from its parent; in a child every call fails with ENOTSUP.
+ * Go there may hang, and the pools' in-memory state is a copy of the
+ * parent's (main.go, "fork"). The pid at load time and an atfork handler
+ * tell a child from its parent; in a child every call fails with ENOTSUP.
  */
 static pid_t nvblk_pid;
 static volatile sig_atomic_t nvblk_forked;

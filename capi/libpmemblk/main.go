@@ -24,10 +24,16 @@
 // any number of C threads may use one pool at once, as with libpmemblk.
 //
 // fork: a child gets only the forking thread; the runtime's threads are
-// gone, and a call into Go would hang. abi.c records the pid when the
-// library is loaded and registers a pthread_atfork child handler; in a
-// child every function fails at once with ENOTSUP and a message (printed
-// once to stderr too) without entering Go. exec in the child is fine.
+// gone. A call into Go there may seem to work (a short call on a thread
+// the runtime already knows does), but it hangs as soon as it needs
+// another thread (a garbage collection, a lock held at fork time by a
+// thread the child does not have), and the child's pools are copies of
+// the parent's in-memory BTT state (free blocks, lanes): a child writing
+// while the parent does would hand out the parent's free blocks a second
+// time. So abi.c records the pid when the library is loaded and registers
+// a pthread_atfork child handler; in a child every function fails at once
+// with ENOTSUP and a message (printed once to stderr too) without
+// entering Go. exec in the child is fine.
 //
 // Signals: when the library is loaded the runtime installs handlers for
 // the synchronous signals (SIGSEGV, SIGBUS, SIGFPE) and SIGPIPE, keeping
