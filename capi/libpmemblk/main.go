@@ -57,6 +57,7 @@ import "C"
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"strconv"
@@ -171,7 +172,8 @@ func umask() os.FileMode {
 // any processes, and two opens in one process, exclude each other: the
 // second fails with EAGAIN. The lock lives as long as the returned file.
 func lockPool(path string) (*os.File, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO given as a pool must fail, not wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -237,9 +239,12 @@ const poolSetSignature = "PMEMPOOLSET"
 // refusePoolSet fails for a pool set file: nvblk opens single-file pools
 // only.
 func refusePoolSet(path string) error {
-	f, err := os.Open(path)
+	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+		return nil // the open proper reports it, or it is a device
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil // the open proper reports it
+		return nil
 	}
 	defer f.Close()
 	var b [len(poolSetSignature)]byte
@@ -247,6 +252,29 @@ func refusePoolSet(path string) error {
 		return &os.PathError{Op: "open", Path: path, Err: errPoolSet}
 	}
 	return nil
+}
+
+// fileType fails, with EINVAL as libpmemblk, for an existing path that is
+// neither a regular file nor a device (a directory, a FIFO, a socket).
+func fileType(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil // the open proper reports it
+	}
+	m := fi.Mode()
+	if m.IsRegular() || m&os.ModeDevice != 0 {
+		return nil
+	}
+	kind := "special file"
+	switch {
+	case m.IsDir():
+		kind = "directory"
+	case m&os.ModeNamedPipe != 0:
+		kind = "FIFO"
+	case m&os.ModeSocket != 0:
+		kind = "socket"
+	}
+	return fmt.Errorf("pmemblk: open %s: a %s is not a pool (pools are regular files or devices): %w", path, kind, syscall.EINVAL)
 }
 
 var errPoolSet = errors.New("a PMDK pool set file: nvblk's libpmemblk opens single-file pools only (convert it with `pmempool transform` to one file)")
@@ -275,6 +303,9 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 	if err := refusePoolSet(name); err != nil {
 		setMsg(msg, fn, err.Error())
 		return C.int(syscall.ENOTSUP)
+	}
+	if err := fileType(name); err != nil {
+		return fail(msg, err)
 	}
 	var p *pmemblk.Pool
 	var lock *os.File
@@ -413,6 +444,9 @@ func nvblk_go_check(path *C.char, bsize C.size_t, msg *C.char) C.int {
 	if err := refusePoolSet(name); err != nil {
 		setMsg(msg, fn, err.Error())
 		return -C.int(syscall.ENOTSUP)
+	}
+	if err := fileType(name); err != nil {
+		return -fail(msg, err)
 	}
 	if uint64(bsize) > 1<<32-1 {
 		setMsg(msg, fn, "block size out of range")

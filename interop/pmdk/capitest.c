@@ -279,6 +279,12 @@ api(void)
 	make_file(path("zeros"), POOLSIZE);
 	pool_result("open.not_a_pool", pmemblk_open(path("zeros"), 0));
 	result("check.not_a_pool", pmemblk_check(path("zeros"), 0));
+	if (mkfifo(path("fifo"), 0644) != 0 || mkdir(path("dir"), 0755) != 0)
+		exit(2);
+	pool_result("open.fifo", pmemblk_open(path("fifo"), 0));
+	result("check.fifo", pmemblk_check(path("fifo"), 0));
+	pool_result("open.directory", pmemblk_open(path("dir"), 0));
+	result("check.directory", pmemblk_check(path("dir"), 0));
 	make_file(path("small"), 1 << 20);
 	pool_result("open.small_file", pmemblk_open(path("small"), 0));
 	pool_result("create0.small_file", pmemblk_create(path("small"), BSIZE, 0, 0644));
