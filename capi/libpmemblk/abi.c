@@ -187,11 +187,22 @@ pmemblk_nblock(PMEMblkpool *pbp)
 	return pbp->nblock;
 }
 
+/* A NULL buffer fails (libpmemblk would crash on it). */
+static int
+null_buf(const char *fn)
+{
+	set_msg("%s: the buffer is NULL", fn);
+	errno = EINVAL;
+	return -1;
+}
+
 int
 pmemblk_read(PMEMblkpool *pbp, void *buf, long long blockno)
 {
 	if (enter("pmemblk_read", pbp) < 0)
 		return -1;
+	if (__builtin_expect(buf == NULL, 0))
+		return null_buf("pmemblk_read");
 	int e = nvblk_go_read(pbp->handle, buf, blockno, nvblk_msg);
 	if (__builtin_expect(e != 0, 0)) {
 		errno = e;
@@ -205,6 +216,8 @@ pmemblk_write(PMEMblkpool *pbp, const void *buf, long long blockno)
 {
 	if (enter("pmemblk_write", pbp) < 0)
 		return -1;
+	if (__builtin_expect(buf == NULL, 0))
+		return null_buf("pmemblk_write");
 	int e = nvblk_go_write(pbp->handle, (void *)buf, blockno, nvblk_msg);
 	if (__builtin_expect(e != 0, 0)) {
 		errno = e;

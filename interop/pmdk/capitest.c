@@ -22,7 +22,8 @@
  *                         program's own, installed after the library was
  *                         loaded, with SA_ONSTACK, calling the previous one
  *   capitest extra DIR    nvblk only: pool set files and copy-on-write
- *                         opens are refused, errormsg is per thread
+ *                         opens are refused, errormsg is per thread, NULL
+ *                         pools and buffers fail with EINVAL
  *
  * Exit status: 0 when every expectation held, 1 otherwise (the failed
  * ones are printed as "FAIL ..." lines), 2 usage.
@@ -548,6 +549,15 @@ do_extra(void)
 	expect(errno == EINVAL, "close(NULL) sets EINVAL");
 	errno = 0;
 	expect(pmemblk_read(NULL, &one, 0) == -1 && errno == EINVAL, "read(NULL) fails with EINVAL");
+	PMEMblkpool *p = pmemblk_create(path("nullbuf"), BSIZE, POOLSIZE, 0644);
+	expect(p != NULL, "create");
+	if (p) {
+		errno = 0;
+		expect(pmemblk_read(p, NULL, 0) == -1 && errno == EINVAL, "a read into NULL fails with EINVAL");
+		errno = 0;
+		expect(pmemblk_write(p, NULL, 0) == -1 && errno == EINVAL, "a write from NULL fails with EINVAL");
+		pmemblk_close(p);
+	}
 }
 
 static void
