@@ -385,12 +385,13 @@ func TestCAPIFio(t *testing.T) {
 	args := func(extra ...string) []string {
 		return append([]string{"--name=verify", "--ioengine=pmemblk", "--filename=" + pool + ",4096,64",
 			"--rw=randwrite", "--bs=4k", "--size=8m", "--verify=crc32c", "--do_verify=1",
-			"--verify_fatal=1", "--randrepeat=0"}, extra...)
+			"--verify_fatal=1", "--verify_state_save=0", "--randrepeat=0"}, extra...)
 	}
 	env := append([]string{"LD_LIBRARY_PATH=" + c.dir, "LD_DEBUG=libs"}, fastEnv...)
 	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, fio, args("--thread")...)
+	cmd.Dir = dir // fio leaves files in its working directory
 	cmd.Env = append(os.Environ(), env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -417,6 +418,7 @@ func TestCAPIFio(t *testing.T) {
 	ctx2, cancel2 := context.WithTimeout(context.Background(), toolTimeout)
 	defer cancel2()
 	cmd = exec.CommandContext(ctx2, fio, args()...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), append([]string{"LD_LIBRARY_PATH=" + c.dir}, fastEnv...)...)
 	both, err := cmd.CombinedOutput()
 	if ctx2.Err() != nil {
