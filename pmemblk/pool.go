@@ -29,6 +29,9 @@ type Options struct {
 	// Logger receives notices (a damaged primary info block, an arena in
 	// the error state). Nil discards them.
 	Logger *slog.Logger
+	// Mode holds the permission bits of the file Create makes, before
+	// the umask (pmemblk_create's mode); 0 means 0644.
+	Mode os.FileMode
 }
 
 // Pool is an open pmemblk pool: an array of NBlock blocks of BSize bytes,
@@ -84,7 +87,11 @@ func CreateWith(path string, bsize int, poolsize int64, opt Options) (*Pool, err
 	if _, _, err := pmdkGeometry(poolsize&^(PageSize-1)-BTTOffset, uint32(bsize)); err != nil {
 		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	perm := opt.Mode.Perm()
+	if perm == 0 {
+		perm = 0o644
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return nil, fmt.Errorf("pmemblk: create: %w", err)
 	}

@@ -68,13 +68,78 @@ func needTools(t *testing.T) tools {
 	return tools{helper: helperBin, pmempool: pmempool}
 }
 
+// capi is nvblk's libpmemblk (capi/libpmemblk), built once per test
+// binary by scripts/build-capi.sh into dir, with blkhelper.c built
+// unchanged against it (through its pkg-config file).
+type capi struct {
+	dir    string // OUTDIR: libpmemblk.so.1, libpmemblk.h, libpmemblk.pc
+	lib    string // dir/libpmemblk.so.1
+	cflags []string
+	tools  // helper: blkhelper linked against dir (rpath)
+}
+
+var (
+	capiOnce  sync.Once
+	capiBuilt capi
+	capiErr   error
+)
+
+// needCAPI builds nvblk's libpmemblk and blkhelper against it.
+func needCAPI(t *testing.T) capi {
+	t.Helper()
+	x := needTools(t)
+	gcc := testutil.NeedTool(t, "gcc")
+	pkgConfig := testutil.NeedTool(t, "pkg-config")
+	goTool := testutil.NeedTool(t, "go")
+	capiOnce.Do(func() {
+		c := capi{dir: filepath.Join(buildDir, "capi")}
+		c.lib = filepath.Join(c.dir, "libpmemblk.so.1")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(testutil.RepoRoot(), "scripts", "build-capi.sh"), c.dir)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(goTool)+string(os.PathListSeparator)+os.Getenv("PATH"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			capiErr = fmt.Errorf("scripts/build-capi.sh: %v\n%s", err, out)
+			return
+		}
+		cmd = exec.CommandContext(ctx, pkgConfig, "--cflags", "--libs", "libpmemblk")
+		cmd.Env = append(os.Environ(), "PKG_CONFIG_PATH="+c.dir)
+		out, err := cmd.Output()
+		if err != nil {
+			capiErr = fmt.Errorf("pkg-config libpmemblk: %v", err)
+			return
+		}
+		c.cflags = append(strings.Fields(string(out)), "-Wl,-rpath,"+c.dir)
+		c.tools = tools{pmempool: x.pmempool, helper: filepath.Join(c.dir, "blkhelper")}
+		args := append([]string{"-O2", "-Wall", "-Werror", "-o", c.helper, "blkhelper.c"}, c.cflags...)
+		if out, err := exec.CommandContext(ctx, gcc, args...).CombinedOutput(); err != nil {
+			capiErr = fmt.Errorf("gcc blkhelper.c against nvblk's libpmemblk: %v\n%s", err, out)
+			return
+		}
+		capiBuilt = c
+	})
+	if capiErr != nil {
+		t.Fatal(capiErr)
+	}
+	return capiBuilt
+}
+
 // run runs a tool under a deadline and returns its stdout; a non-zero exit
 // is returned as an error carrying stderr.
 func runTool(t *testing.T, name string, args ...string) ([]byte, error) {
 	t.Helper()
+	return runToolEnv(t, nil, name, args...)
+}
+
+// runToolEnv is runTool with variables added to the environment.
+func runToolEnv(t *testing.T, env []string, name string, args ...string) ([]byte, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
