@@ -42,9 +42,11 @@ type Options struct {
 // lock, before anything is read or written; the lock is released by
 // Close (or by the kernel when the process dies).
 func Open(path string, opt Options) (Device, error) {
-	flags := os.O_RDWR
+	// O_NONBLOCK: a FIFO given as a device must be refused (below), not
+	// wait for a writer; it changes nothing for files and devices.
+	flags := os.O_RDWR | unix.O_NONBLOCK
 	if opt.ReadOnly {
-		flags = os.O_RDONLY
+		flags = os.O_RDONLY | unix.O_NONBLOCK
 	}
 	f, err := os.OpenFile(path, flags, 0)
 	if errors.Is(err, os.ErrNotExist) && opt.CreateSize > 0 && !opt.ReadOnly {

@@ -183,6 +183,20 @@ func (d *mapDev) Flush(off, n int64) error {
 	if n == 0 || d.readOnly {
 		return nil
 	}
+	return d.flushGuarded(off, n)
+}
+
+// flushGuarded is flush for a range this call did not just store to: a
+// cache line write-back touches the page, so a page that is gone (a
+// truncated file) faults, which becomes a *MediaError.
+func (d *mapDev) flushGuarded(off, n int64) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			err = d.faultErr(r, "flush", off, n)
+		}
+	}()
 	return d.flush(off, n)
 }
 
@@ -219,7 +233,11 @@ func (d *mapDev) Persist(off, n int64) error {
 	if n == 0 || d.readOnly {
 		return nil
 	}
-	return d.persist(off, n)
+	if err := d.flushGuarded(off, n); err != nil {
+		return err
+	}
+	cacheflush.Fence()
+	return nil
 }
 
 // Close unmaps the device. It must not run concurrently with other

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nvblk/nvblk/internal/testutil"
 	"github.com/nvblk/nvblk/pmem"
@@ -288,5 +290,57 @@ func TestExtent(t *testing.T) {
 	defer ram.Close()
 	if hole, run, err := ram.(pmem.Sparse).Extent(0, size); err != nil || hole || run != size {
 		t.Errorf("RAM device: %v %d %v, want all data", hole, run, err)
+	}
+}
+
+// TestFlushTruncatedIsMediaError: with CPU cache flushes (forced mode),
+// a Flush or Persist of a range whose pages are gone (the file truncated
+// under the mapping) faults; that is a media error for the call, not a
+// crash of the process (the BTT writes back a line it stored earlier,
+// which the file may have lost since).
+func TestFlushTruncatedIsMediaError(t *testing.T) {
+	t.Cleanup(reloadEnv)
+	t.Setenv("PMEM_IS_PMEM_FORCE", "1")
+	reloadEnv()
+	d, path := openFile(t, t.TempDir(), 1<<20)
+	if d.Mode() != pmem.ModeDAXForced && d.Mode() != pmem.ModeDAX {
+		t.Skipf("mode %s: no CPU flushes here", d.Mode())
+	}
+	if _, err := d.WriteAt([]byte("x"), 768<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Flush(768<<10, 4); !errors.Is(err, pmem.ErrMedia) {
+		t.Fatalf("flush of a truncated range: %v", err)
+	}
+	if err := d.Persist(768<<10, 4); !errors.Is(err, pmem.ErrMedia) {
+		t.Fatalf("persist of a truncated range: %v", err)
+	}
+	if err := d.Flush(0, 64); err != nil {
+		t.Fatalf("flush of a backed range: %v", err)
+	}
+}
+
+// TestOpenFIFO: a FIFO is refused at once (it used to block the open,
+// read-only, until a writer came).
+func TestOpenFIFO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := pmem.Open(path, pmem.Options{ReadOnly: true})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("open of a FIFO: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("open of a FIFO still blocked after 10 s")
 	}
 }

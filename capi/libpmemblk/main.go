@@ -67,8 +67,6 @@ import (
 	"syscall"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/pmemblk"
 )
@@ -78,9 +76,8 @@ func main() {}
 // pools maps handles (indexes; 0 is never used) to open pools. Lookups
 // are one atomic load; open and close copy the table under mu.
 var pools struct {
-	mu    sync.Mutex
-	tab   atomic.Pointer[[]*pmemblk.Pool]
-	locks map[*pmemblk.Pool]*os.File // each pool's flock (lockPool)
+	mu  sync.Mutex
+	tab atomic.Pointer[[]*pmemblk.Pool]
 }
 
 func lookup(h C.uintptr_t) *pmemblk.Pool {
@@ -91,15 +88,9 @@ func lookup(h C.uintptr_t) *pmemblk.Pool {
 	return (*t)[h]
 }
 
-func register(p *pmemblk.Pool, lock *os.File) uintptr {
+func register(p *pmemblk.Pool) uintptr {
 	pools.mu.Lock()
 	defer pools.mu.Unlock()
-	if lock != nil {
-		if pools.locks == nil {
-			pools.locks = map[*pmemblk.Pool]*os.File{}
-		}
-		pools.locks[p] = lock
-	}
 	var old []*pmemblk.Pool
 	if t := pools.tab.Load(); t != nil {
 		old = *t
@@ -139,17 +130,6 @@ func unregister(h C.uintptr_t) *pmemblk.Pool {
 	return p
 }
 
-// unlock releases the flock of a closed pool.
-func unlock(p *pmemblk.Pool) {
-	pools.mu.Lock()
-	f := pools.locks[p]
-	delete(pools.locks, p)
-	pools.mu.Unlock()
-	if f != nil {
-		f.Close()
-	}
-}
-
 // umask returns the process's file mode creation mask (from
 // /proc/self/status: reading it with umask(2) would change it for a
 // moment under other threads), or 022 if it cannot be read.
@@ -167,23 +147,6 @@ func umask() os.FileMode {
 	return 0o022
 }
 
-// lockPool takes the exclusive flock(2) libpmemblk takes on a pool file
-// while it is open (or checked), so that PMDK's library and this one, in
-// any processes, and two opens in one process, exclude each other: the
-// second fails with EAGAIN. The lock lives as long as the returned file.
-func lockPool(path string) (*os.File, error) {
-	// O_NONBLOCK: a FIFO given as a pool must fail, not wait for a writer.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, &os.PathError{Op: "flock", Path: path, Err: err}
-	}
-	return f, nil
-}
-
 // errnoOf maps an error of the pmemblk or pmem package, or of the system,
 // to the errno libpmemblk 1.12 sets for the same failure.
 func errnoOf(err error) syscall.Errno {
@@ -191,6 +154,14 @@ func errnoOf(err error) syscall.Errno {
 	switch {
 	case errors.Is(err, pmemblk.ErrIO), errors.Is(err, pmem.ErrMedia):
 		return syscall.EIO
+	case errors.Is(err, pmem.ErrLocked):
+		// In use: libpmemblk's flock(LOCK_EX|LOCK_NB) fails with EAGAIN.
+		// pmem.Open's locks (an OFD lock, and the flock PMDK takes)
+		// exclude PMDK's library and this one, in any processes, and
+		// two opens in one process.
+		return syscall.EAGAIN
+	case errors.Is(err, pmem.ErrNoLock):
+		return syscall.ENOLCK
 	case errors.Is(err, pmemblk.ErrReadOnly):
 		return syscall.EROFS
 	case errors.Is(err, pmemblk.ErrOutOfRange), errors.Is(err, pmemblk.ErrBadBSize),
@@ -308,31 +279,22 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 		return fail(msg, err)
 	}
 	var p *pmemblk.Pool
-	var lock *os.File
 	var err error
 	if create != 0 {
 		if uint64(bsize) > 1<<32-1 || uint64(poolsize) > 1<<63-1 {
 			setMsg(msg, fn, "block size or pool size out of range")
 			return C.int(syscall.EINVAL)
 		}
-		if poolsize == 0 {
-			// An existing file: lock it before writing the pool into it.
-			if lock, err = lockPool(name); err != nil {
-				return fail(msg, err)
-			}
-		}
+		// An existing file (poolsize 0) is locked by the open that
+		// writes the pool into it, before anything is written.
 		// libpmemblk keeps the descriptor it created the file with, so a
 		// mode without owner read and write (0444, 0) still gives a
 		// writable pool; the pmemblk package opens the file again, so it
 		// creates it with them and the mode asked for is set afterwards.
 		perm := os.FileMode(mode).Perm()
 		p, err = pmemblk.CreateWith(name, int(bsize), int64(poolsize), pmemblk.Options{Mode: perm | 0o600})
-		if err == nil && poolsize != 0 {
-			lock, err = lockPool(name)
-			if err == nil && perm&0o600 != 0o600 {
-				err = os.Chmod(name, perm&^umask())
-			}
-			if err != nil {
+		if err == nil && poolsize != 0 && perm&0o600 != 0o600 {
+			if err = os.Chmod(name, perm&^umask()); err != nil {
 				p.Close()
 				os.Remove(name)
 			}
@@ -342,17 +304,12 @@ func nvblk_go_open(path *C.char, bsize C.size_t, create C.int, poolsize C.size_t
 			setMsg(msg, fn, "block size out of range")
 			return C.int(syscall.EINVAL)
 		}
-		if lock, err = lockPool(name); err == nil {
-			p, err = pmemblk.Open(name, int(bsize))
-		}
+		p, err = pmemblk.Open(name, int(bsize))
 	}
 	if err != nil {
-		if lock != nil {
-			lock.Close()
-		}
 		return fail(msg, err)
 	}
-	fillInfo(out, register(p, lock), p)
+	fillInfo(out, register(p), p)
 	return 0
 }
 
@@ -367,7 +324,6 @@ func nvblk_go_close(h C.uintptr_t, msg *C.char) C.int {
 		setMsg(msg, "pmemblk_close", "not an open pool")
 		return -1
 	}
-	defer unlock(p)
 	if err := p.Close(); err != nil {
 		return fail(msg, err)
 	}
@@ -453,12 +409,8 @@ func nvblk_go_check(path *C.char, bsize C.size_t, msg *C.char) C.int {
 		return -C.int(syscall.EINVAL)
 	}
 	// libpmemblk opens the pool first: what it cannot open is an error
-	// (-1 and errno), not an inconsistent pool.
-	lock, err := lockPool(name)
-	if err != nil {
-		return -fail(msg, err)
-	}
-	defer lock.Close()
+	// (-1 and errno), not an inconsistent pool. A pool open elsewhere is
+	// refused by the lock (EAGAIN), as libpmemblk's flock refuses it.
 	p, err := pmemblk.OpenWith(name, int(bsize), pmemblk.Options{ReadOnly: true})
 	if err != nil {
 		return -fail(msg, err)

@@ -52,7 +52,7 @@ func TestHandles(t *testing.T) {
 		defer p.Close()
 		ps = append(ps, p)
 	}
-	h0, h1 := register(ps[0], nil), register(ps[1], nil)
+	h0, h1 := register(ps[0]), register(ps[1])
 	if h0 == 0 || h1 == 0 || h0 == h1 {
 		t.Fatalf("handles %d, %d", h0, h1)
 	}
@@ -62,7 +62,7 @@ func TestHandles(t *testing.T) {
 	if unregister(_Ctype_uintptr_t(h0)) != ps[0] || unregister(_Ctype_uintptr_t(h0)) != nil || lookup(_Ctype_uintptr_t(h0)) != nil {
 		t.Fatal("unregister")
 	}
-	if h2 := register(ps[2], nil); h2 != h0 || lookup(_Ctype_uintptr_t(h2)) != ps[2] {
+	if h2 := register(ps[2]); h2 != h0 || lookup(_Ctype_uintptr_t(h2)) != ps[2] {
 		t.Fatalf("the free slot %d is not reused: %d", h0, h2)
 	}
 	unregister(_Ctype_uintptr_t(h0))
