@@ -600,5 +600,3 @@ func randomUUID() [16]byte {
 	u[8] = u[8]&0x3f | 0x80
 	return u
 }
-
-var le = binary.LittleEndian
