@@ -38,7 +38,6 @@ type Pool struct {
 	dev      pmem.Device  // the whole pool file
 	ownDev   bool         // Close closes dev
 	win      *pmem.Window // the BTT area: [BTTOffset, size)
-	area     pmem.Device  // win, zeroing through dev's fast path if it has one
 	hdr      Header
 	bsize    uint32
 	zeroed   bool
@@ -196,14 +195,14 @@ func format(dev pmem.Device, bsize uint32, zeroed bool, crtime int64) error {
 	if !zeroed {
 		// Invalidate the old identity first, then every BTT structure
 		// of the geometry a layout will use.
-		if err := zeroDev(dev, 0, BTTOffset); err != nil {
+		if err := pmem.Zero(dev, 0, BTTOffset); err != nil {
 			return err
 		}
 		for _, a := range geo {
-			if err := zeroDev(dev, BTTOffset+a.off, infoSize); err != nil {
+			if err := pmem.Zero(dev, BTTOffset+a.off, infoSize); err != nil {
 				return err
 			}
-			if err := zeroDev(dev, BTTOffset+a.mapOff, a.off+a.size-a.mapOff); err != nil {
+			if err := pmem.Zero(dev, BTTOffset+a.mapOff, a.off+a.size-a.mapOff); err != nil {
 				return err
 			}
 		}
@@ -248,25 +247,6 @@ func newHeader(crtime int64) (Header, error) {
 		CrTime:       uint64(crtime),
 		Arch:         arch,
 	}, nil
-}
-
-// zeroDev makes [off, off+n) durable zeros.
-func zeroDev(dev pmem.Device, off, n int64) error {
-	if n <= 0 {
-		return nil
-	}
-	if z, ok := dev.(btt.Zeroer); ok {
-		return z.ZeroRange(off, n)
-	}
-	zeros := make([]byte, min(n, 1<<20))
-	for done := int64(0); done < n; {
-		c := min(n-done, int64(len(zeros)))
-		if _, err := dev.WriteAt(zeros[:c], off+done); err != nil {
-			return err
-		}
-		done += c
-	}
-	return dev.Persist(off, n)
 }
 
 // Open opens the pool at path, like pmemblk_open: bsize 0 takes the block
@@ -355,17 +335,14 @@ func open(dev pmem.Device, bsize uint32, opt Options) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pool{dev: dev, win: win, area: win, hdr: h, bsize: hb, zeroed: zeroed, size: size, nblock: total, opt: opt,
+	p := &Pool{dev: dev, win: win, hdr: h, bsize: hb, zeroed: zeroed, size: size, nblock: total, opt: opt,
 		readOnly: opt.ReadOnly || h.ROCompat != 0}
-	if z, ok := dev.(btt.Zeroer); ok {
-		p.area = &zeroingWindow{Window: win, z: z, off: BTTOffset}
-	}
 	laidOut, err := detectLayout(win, geo, &p.hdr.PoolsetUUID)
 	if err != nil {
 		return nil, err
 	}
 	if laidOut {
-		b, err := btt.Open(p.area, p.bttOptions())
+		b, err := btt.Open(p.win, p.bttOptions())
 		if err != nil {
 			return nil, fmt.Errorf("%w: BTT: %w", ErrCorrupt, err)
 		}
@@ -377,22 +354,6 @@ func open(dev pmem.Device, bsize uint32, opt Options) (*Pool, error) {
 		p.b.Store(b)
 	}
 	return p, nil
-}
-
-// zeroingWindow is a window whose ZeroRange uses its parent's (a hole
-// punch on a file), so laying out the BTT of a large pool does not write
-// its whole map.
-type zeroingWindow struct {
-	*pmem.Window
-	z   btt.Zeroer
-	off int64
-}
-
-func (w *zeroingWindow) ZeroRange(off, n int64) error {
-	if err := pmem.CheckRange("zero", off, n, w.Size()); err != nil {
-		return err
-	}
-	return w.z.ZeroRange(w.off+off, n)
 }
 
 func (p *Pool) bttOptions() btt.Options {
@@ -598,7 +559,7 @@ func (p *Pool) writable(op string, blockno int64) (*btt.BTT, error) {
 	if b := p.b.Load(); b != nil {
 		return b, nil
 	}
-	b, err := btt.Create(p.area, btt.CreateOptions{LBASize: p.bsize, ParentUUID: p.hdr.PoolsetUUID,
+	b, err := btt.Create(p.win, btt.CreateOptions{LBASize: p.bsize, ParentUUID: p.hdr.PoolsetUUID,
 		NFree: DefaultNFree, Options: p.bttOptions()})
 	if err != nil {
 		return nil, &BlockError{Op: "layout", Block: blockno, Kind: ErrIO, Err: err}
