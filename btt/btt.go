@@ -298,8 +298,8 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 	if a.failed.Load() {
 		return &SectorError{Op: "write", LBA: lba, Err: errArenaFailed}
 	}
-	if brokenOrdering != orderCorrect && brokenOrdering < orderNoRule1 {
-		return b.writeSectorBroken(l, a, premap, src)
+	if brokenWrite != nil { // tests only (ordering.go)
+		return brokenWrite(b, l, a, premap, src)
 	}
 	fe := &a.free[l.idx]
 	if fe.hasErr || b.dev.BadBlocks().Overlaps(a.blockOff(fe.block), a.L) {
@@ -390,13 +390,13 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 		return err
 	}
 	mapEnt := a.mapOff + 4*int64(premap)
-	if brokenOrdering != orderNoRule1 && b.pendingIn(mapEnt) {
+	if skipRule != 1 && b.pendingIn(mapEnt) {
 		if err := b.dev.Flush(mapEnt, 4); err != nil {
 			a.failed.Store(true)
 			return err
 		}
 	}
-	if p := l.pend.Load(); p != 0 && brokenOrdering != orderNoRule2 {
+	if p := l.pend.Load(); p != 0 && skipRule != 2 {
 		if err := b.dev.Flush(p, 4); err != nil {
 			a.failed.Store(true)
 			return err
