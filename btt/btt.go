@@ -28,7 +28,8 @@ type Options struct {
 	// at least 8, at most the smallest nfree of any arena).
 	Lanes int
 	// Logger receives notices (backup info block in use, arena error
-	// flag). Nil discards them.
+	// flag). Nil discards them, as in every nvblk package (pmem,
+	// pmemblk, nbd): a library is silent unless given a logger.
 	Logger *slog.Logger
 	// At, when set, opens the BTT whose arena 0 starts at this device
 	// offset (any version) instead of probing 4096 (1.1) and 0 (2.0).

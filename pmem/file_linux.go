@@ -21,8 +21,10 @@ type Options struct {
 	// CreateSize, when > 0 and the path does not exist, creates a sparse
 	// regular file of that many bytes.
 	CreateSize int64
-	// Logger receives warnings (the once-per-device range warning).
-	// Nil means slog.Default().
+	// Logger receives warnings (the once-per-device range warning). Nil
+	// discards them, as in every nvblk package (btt, pmemblk, nbd): a
+	// library is silent unless its caller hands it a logger (the command
+	// line passes slog.Default(), which it sets up).
 	Logger *slog.Logger
 	// NoLock skips the lock Open takes on the whole device (see Lock):
 	// for callers that coordinate access themselves, that lock only a

@@ -27,7 +27,8 @@ type Options struct {
 	// package's default, 2*GOMAXPROCS, at least 8, at most nfree).
 	Lanes int
 	// Logger receives notices (a damaged primary info block, an arena in
-	// the error state). Nil discards them.
+	// the error state) and the pool file's device warnings (pmem). Nil
+	// discards them, as in every nvblk package (pmem, btt, nbd).
 	Logger *slog.Logger
 }
 
