@@ -37,7 +37,7 @@ type Options struct {
 	// headers.
 	At *int64
 	// PMDK selects libpmemblk's semantics where they differ from Linux
-	// (pmdk-pool-format.md 1.7): never-written (identity) blocks read as
+	// (libpmemblk's btt_read and flog recovery): never-written (identity) blocks read as
 	// zeros, sectors are the whole external LBA (no integrity metadata),
 	// and log entries carry map-style flag bits, which libpmemblk's
 	// recovery compares unmasked.

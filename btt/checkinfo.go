@@ -15,7 +15,8 @@ func versionFits(ib Info, off int64) bool {
 	return (off == InitialOffset11 && ib.Major == 1) || (off == InitialOffset20 && ib.Major == 2)
 }
 
-// findFirst locates arena 0's info block (10.2), recovering it (10.3).
+// findFirst locates arena 0's info block, recovering it if need be
+// (doc.go, Checking).
 func (c *checker) findFirst() (Info, bool) {
 	if c.opt.At != nil {
 		off := *c.opt.At
@@ -134,7 +135,8 @@ func (c *checker) recoverFirst(off int64) (Info, int64, bool) {
 	return Info{}, 0, false
 }
 
-// walkArenas discovers and checks every arena (10.4, 10.5).
+// walkArenas discovers and checks every arena (ndctl's
+// btt_discover_arenas, then the per-arena steps).
 func (c *checker) walkArenas(first Info) {
 	off := c.initOff
 	lbasize := first.ExternalLBASize

@@ -7,7 +7,7 @@ import (
 )
 
 // Create lays out a new BTT on dev, exactly as Linux's nd_btt does
-// (sections 3 and 4.2 of btt-format.md), and opens it. Whatever was on
+// (btt_arena_write_layout; doc.go, Arenas and The log), and opens it. Whatever was on
 // dev is overwritten. Per arena it zeroes the map and the log, writes the
 // initial log entries, then info2, and the primary info block last: the
 // primary is the commit point of creation.

@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 )
 
-// On-media constants (btt-format.md section 1).
+// On-media constants (doc.go, Constants).
 const (
 	PageSize        = 4096    // BTT_PG_SIZE: alignment of every section, info block size
 	InfoSize        = 4096    // size of an info block
@@ -66,7 +66,7 @@ func LBASizeSupported(n uint32) bool {
 //	104     8  logoff
 //	112     8  info2off
 //	120  3968  padding (zero)
-//	4088    8  checksum (Fletcher-64 variant, section 4.3)
+//	4088    8  checksum (Fletcher-64 variant, see Checksum)
 type Info struct {
 	Signature       [16]byte
 	UUID            [16]byte

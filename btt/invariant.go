@@ -6,7 +6,7 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 )
 
-// VerifyPermutation checks invariant 6.8 on every arena of the BTT on
+// VerifyPermutation checks the core invariant (doc.go) on every arena of the BTT on
 // dev: each internal block is referenced exactly once by the union of the
 // map entries (identity rule applied, a pending roll-forward simulated)
 // and the lanes' free blocks. It never writes.

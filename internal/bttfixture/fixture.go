@@ -577,7 +577,7 @@ func WrittenData(lba uint64, sectorSize int) []byte {
 
 // buildPadCompat reproduces ndctl's test/btt-pad-compat.xxd: a 64 MiB
 // v2.0 BTT, 4096-byte sectors, written by a pre-4.15 kernel (log slots 0
-// and 2), with LBA 0 written once through lane 6 (btt-format.md 10.9.4).
+// and 2), with LBA 0 written once through lane 6.
 func buildPadCompat(d pmem.Device) error {
 	b, err := btt.Create(d, btt.CreateOptions{Version: btt.V20, LBASize: 4096,
 		UUID: [16]byte{0xf0, 0xd6, 0x4d, 0x51, 0x7a, 0xd4, 0x44, 0xe2, 0x87, 0x57, 0x6b, 0x8e, 0x8e, 0x4f, 0x75, 0x00}})
