@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
 )
@@ -576,51 +577,24 @@ func (p *Pool) writable(op string, blockno int64) (*btt.BTT, error) {
 
 // ReadAt reads whole blocks: off and len(buf) must be multiples of
 // BSize (ErrAlignment). Past the last block it returns io.EOF with the
-// number of bytes of the whole blocks read before it.
+// number of bytes of the whole blocks read before it. It is block.IO's
+// ReadAt over the pool, with the pool's own errors.
 func (p *Pool) ReadAt(buf []byte, off int64) (int, error) {
-	if err := p.enter(); err != nil {
+	if _, _, err := p.span("read", buf, off); err != nil {
 		return 0, err
 	}
-	defer p.exit()
-	first, n, err := p.span("read", buf, off)
-	if err != nil || n == 0 {
-		return 0, err
-	}
-	bs := int64(p.bsize)
-	avail := min(n, int64(p.nblock)-first)
-	for i := int64(0); i < avail; i++ {
-		if err := p.read(buf[i*bs:(i+1)*bs], first+i); err != nil {
-			return int(i * bs), err
-		}
-	}
-	if avail < n {
-		return int(avail * bs), io.EOF
-	}
-	return len(buf), nil
+	return block.NewIO(p).ReadAt(buf, off)
 }
 
 // WriteAt writes whole blocks: off and len(buf) must be multiples of
 // BSize. Each block is written atomically; a write past the last block
-// writes the blocks before it and fails with ErrOutOfRange.
+// writes the blocks before it and fails with ErrOutOfRange. It is
+// block.IO's WriteAt over the pool, with the pool's own errors.
 func (p *Pool) WriteAt(buf []byte, off int64) (int, error) {
-	if err := p.enter(); err != nil {
+	if _, _, err := p.span("write", buf, off); err != nil {
 		return 0, err
 	}
-	defer p.exit()
-	first, n, err := p.span("write", buf, off)
-	if err != nil {
-		return 0, err
-	}
-	bs := int64(p.bsize)
-	for i := int64(0); i < n; i++ {
-		if err := p.checkBlock("write", first+i, 1); err != nil {
-			return int(i * bs), err
-		}
-		if err := p.write(buf[i*bs:(i+1)*bs], first+i); err != nil {
-			return int(i * bs), err
-		}
-	}
-	return len(buf), nil
+	return block.NewIO(p).WriteAt(buf, off)
 }
 
 // span validates a ReadAt/WriteAt request: first block and block count.
