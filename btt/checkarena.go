@@ -71,7 +71,7 @@ func (c *checker) checkRollForward(a *arena, lanes []laneState) map[uint32]uint3
 // internal blocks the map references, and the first few referenced twice.
 type mapResult struct {
 	bm       blockSet
-	dups     []uint32 // blocks found referenced twice (first few)
+	dups     []uint32 // distinct blocks found referenced twice (first few)
 	dupCount int
 	ok       bool // every entry read and in bounds
 }
@@ -84,8 +84,11 @@ func (r *mapResult) mark(p uint32) bool {
 	return true
 }
 
+// dup records a reference to an already referenced block: every one is
+// counted, the first few distinct blocks are listed (a block referenced
+// many times is named once).
 func (r *mapResult) dup(p uint32) {
-	if r.dupCount++; len(r.dups) < maxBitmapFindings {
+	if r.dupCount++; len(r.dups) < maxBitmapFindings && !slices.Contains(r.dups, p) {
 		r.dups = append(r.dups, p)
 	}
 }

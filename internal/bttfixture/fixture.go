@@ -48,12 +48,36 @@ func fresh(dev pmem.Device, v btt.Version, lbs uint32, maxArena int64) (*btt.BTT
 	if err != nil {
 		return nil, err
 	}
-	for lba := uint64(0); lba < 16; lba++ {
-		if err := b.WriteSectors(bytes.Repeat([]byte{byte(lba + 1)}, b.SectorSize()), lba); err != nil {
+	// The first 16 sectors are written as the BTT writes them, LBA k
+	// through lane k, but by hand: the BTT picks its lanes at random, and
+	// a fixture must be the same bytes every time (the golden files of
+	// nvblk check pin what the checker says about them).
+	ss := b.SectorSize()
+	a, mapOff, logOff, _, dataOff := arena(b, 0)
+	if err := b.Close(); err != nil {
+		return nil, err
+	}
+	for k := 0; k < 16; k++ {
+		e0, _, err := logEntry(dev, logOff, k, 0) // the lane's initial entry
+		if err != nil {
+			return nil, err
+		}
+		free := e0.OldMap & (1<<30 - 1)
+		// P1: the data into the lane's free block; P2: the log entry in
+		// the lane's other slot; P3: the map.
+		if _, err := dev.WriteAtPersist(bytes.Repeat([]byte{byte(k + 1)}, ss), dataOff+int64(free)*int64(a.Info.InternalLBASize)); err != nil {
+			return nil, err
+		}
+		off := logOff + int64(k)*btt.LogGroupSize + int64(a.LogIndex[1])*btt.LogEntrySize
+		if err := putEntry(dev, off, btt.LogEntry{LBA: uint32(k), OldMap: uint32(k), NewMap: free, Seq: 2}); err != nil {
+			return nil, err
+		}
+		if err := put32(dev, mapOff+4*int64(k), 0xC0000000|free); err != nil {
 			return nil, err
 		}
 	}
-	return b, nil
+	// One lane: the fixtures' further writes go through lane 0.
+	return btt.Open(dev, btt.Options{Lanes: 1})
 }
 
 func arena(b *btt.BTT, i int) (btt.ArenaInfo, int64, int64, int64, int64) {
