@@ -1,7 +1,6 @@
 package btt
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -592,12 +591,4 @@ func (b *BTT) MapEntry(lba uint64) (postmap uint32, st MapState, err error) {
 	}
 	post, st := decodeMap(raw, premap)
 	return post, st, nil
-}
-
-func randomUUID() [16]byte {
-	var u [16]byte
-	_, _ = rand.Read(u[:])
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return u
 }

@@ -1,16 +1,17 @@
 package btt
 
 import (
+	"crypto/rand"
 	"fmt"
 
 	"github.com/nvblk/nvblk/pmem"
 )
 
 // Create lays out a new BTT on dev, exactly as Linux's nd_btt does
-// (btt_arena_write_layout; doc.go, Arenas and The log), and opens it. Whatever was on
-// dev is overwritten. Per arena it zeroes the map and the log, writes the
-// initial log entries, then info2, and the primary info block last: the
-// primary is the commit point of creation.
+// (btt_arena_write_layout; doc.go, Arenas and The log), and opens it.
+// Whatever was on dev is overwritten. Per arena it zeroes the map and
+// the log, writes the initial log entries, then info2, and the primary
+// info block last: the primary is the commit point of creation.
 func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 	if opt.Version == (Version{}) {
 		opt.Version = V11
@@ -124,4 +125,13 @@ func writeArena(dev pmem.Device, a ArenaLayout, opt CreateOptions, buf []byte) e
 	}
 	_, err := dev.WriteAtPersist(buf, a.Off)
 	return err
+}
+
+// randomUUID is a version 4 (random) uuid.
+func randomUUID() [16]byte {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u
 }
