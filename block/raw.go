@@ -62,7 +62,6 @@ type Raw struct {
 	ss       int
 	n        uint64
 	readOnly bool
-	zeros    []byte
 }
 
 // NewRaw returns a raw sector view with sectorSize-byte sectors (default
@@ -74,8 +73,7 @@ func NewRaw(dev pmem.Device, sectorSize int, readOnly bool) (*Raw, error) {
 	if sectorSize < 512 || sectorSize&(sectorSize-1) != 0 {
 		return nil, fmt.Errorf("block: raw sector size %d is not a power of two >= 512", sectorSize)
 	}
-	return &Raw{dev: dev, ss: sectorSize, n: uint64(dev.Size()) / uint64(sectorSize), readOnly: readOnly,
-		zeros: make([]byte, 64<<10)}, nil
+	return &Raw{dev: dev, ss: sectorSize, n: uint64(dev.Size()) / uint64(sectorSize), readOnly: readOnly}, nil
 }
 
 func (r *Raw) SectorSize() int     { return r.ss }
@@ -123,16 +121,5 @@ func (r *Raw) ZeroSectors(lba, count uint64) error {
 		return ErrReadOnly
 	}
 	off, n := int64(lba)*int64(r.ss), int64(count)*int64(r.ss)
-	if z, ok := r.dev.(interface{ ZeroRange(off, n int64) error }); ok {
-		return z.ZeroRange(off, n)
-	}
-	for n > 0 {
-		c := min(n, int64(len(r.zeros)))
-		if _, err := r.dev.WriteAtPersist(r.zeros[:c], off); err != nil {
-			return err
-		}
-		off += c
-		n -= c
-	}
-	return nil
+	return pmem.Zero(r.dev, off, n)
 }

@@ -1,7 +1,6 @@
 package btt
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,7 +27,8 @@ type Options struct {
 	// at least 8, at most the smallest nfree of any arena).
 	Lanes int
 	// Logger receives notices (backup info block in use, arena error
-	// flag). Nil discards them.
+	// flag). Nil discards them, as in every nvblk package (pmem,
+	// pmemblk, nbd): a library is silent unless given a logger.
 	Logger *slog.Logger
 	// At, when set, opens the BTT whose arena 0 starts at this device
 	// offset (any version) instead of probing 4096 (1.1) and 0 (2.0).
@@ -36,7 +36,7 @@ type Options struct {
 	// headers.
 	At *int64
 	// PMDK selects libpmemblk's semantics where they differ from Linux
-	// (pmdk-pool-format.md 1.7): never-written (identity) blocks read as
+	// (libpmemblk's btt_read and flog recovery): never-written (identity) blocks read as
 	// zeros, sectors are the whole external LBA (no integrity metadata),
 	// and log entries carry map-style flag bits, which libpmemblk's
 	// recovery compares unmasked.
@@ -298,8 +298,8 @@ func (b *BTT) writeSector(l *lane, lba uint64, src []byte) error {
 	if a.failed.Load() {
 		return &SectorError{Op: "write", LBA: lba, Err: errArenaFailed}
 	}
-	if brokenOrdering != orderCorrect && brokenOrdering < orderNoRule1 {
-		return b.writeSectorBroken(l, a, premap, src)
+	if brokenWrite != nil { // tests only (ordering.go)
+		return brokenWrite(b, l, a, premap, src)
 	}
 	fe := &a.free[l.idx]
 	if fe.hasErr || b.dev.BadBlocks().Overlaps(a.blockOff(fe.block), a.L) {
@@ -390,13 +390,13 @@ func (b *BTT) commit(a *arena, l *lane, fe *freeEntry, premap, nb uint32) error 
 		return err
 	}
 	mapEnt := a.mapOff + 4*int64(premap)
-	if brokenOrdering != orderNoRule1 && b.pendingIn(mapEnt) {
+	if skipRule != 1 && b.pendingIn(mapEnt) {
 		if err := b.dev.Flush(mapEnt, 4); err != nil {
 			a.failed.Store(true)
 			return err
 		}
 	}
-	if p := l.pend.Load(); p != 0 && brokenOrdering != orderNoRule2 {
+	if p := l.pend.Load(); p != 0 && skipRule != 2 {
 		if err := b.dev.Flush(p, 4); err != nil {
 			a.failed.Store(true)
 			return err
@@ -592,13 +592,3 @@ func (b *BTT) MapEntry(lba uint64) (postmap uint32, st MapState, err error) {
 	post, st := decodeMap(raw, premap)
 	return post, st, nil
 }
-
-func randomUUID() [16]byte {
-	var u [16]byte
-	_, _ = rand.Read(u[:])
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return u
-}
-
-var le = binary.LittleEndian

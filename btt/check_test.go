@@ -326,3 +326,51 @@ func TestOpenTruncatedInfo2(t *testing.T) {
 		t.Fatalf("write: %v", err)
 	}
 }
+
+// panicDev panics on reads at or past from: a stand-in for a checker bug
+// that some damaged metadata provokes.
+type panicDev struct {
+	pmem.Device
+	from int64
+}
+
+func (d panicDev) ReadAt(p []byte, off int64) (int, error) {
+	if off >= d.from {
+		panic(fmt.Sprintf("injected panic reading %d bytes at %#x", len(p), off))
+	}
+	return d.Device.ReadAt(p, off)
+}
+
+// TestCheckRecoversPanic: a panic inside Check becomes an internal-error
+// finding (exit 8: the check is incomplete), and the findings made
+// before it are kept.
+func TestCheckRecoversPanic(t *testing.T) {
+	dev := newRAM(t, 32<<20)
+	b, err := btt.Create(dev, btt.CreateOptions{Version: btt.V11, LBASize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Reading arena 0's info block (at 4096 in a 1.1 BTT) works; the
+	// first read past it (the log or the map) panics.
+	var seen []btt.Finding
+	rep, err := btt.Check(panicDev{dev, btt.InitialOffset11 + btt.InfoSize}, btt.CheckOptions{OnFinding: func(f btt.Finding) { seen = append(seen, f) }})
+	if err != nil {
+		t.Fatalf("Check returned an error instead of a finding: %v", err)
+	}
+	if got := codes(rep, btt.SevError); !slices.Equal(got, []string{btt.CodeInternal}) {
+		t.Fatalf("error codes %v, want [%s]\n%s", got, btt.CodeInternal, findings(rep))
+	}
+	f := rep.Findings[len(rep.Findings)-1]
+	if !strings.Contains(f.Message, "injected panic") || f.Arena != -1 {
+		t.Errorf("finding %+v", f)
+	}
+	if rep.ExitCode() != 8 || rep.Unreadable != 1 || rep.Arenas != 1 {
+		t.Errorf("exit %d, unreadable %d, arenas %d; want 8, 1, 1", rep.ExitCode(), rep.Unreadable, rep.Arenas)
+	}
+	if len(seen) != len(rep.Findings) {
+		t.Errorf("OnFinding saw %d findings, the report has %d", len(seen), len(rep.Findings))
+	}
+}

@@ -1,43 +1,17 @@
 package btt
 
 import (
+	"crypto/rand"
 	"fmt"
 
 	"github.com/nvblk/nvblk/pmem"
 )
 
-// Zeroer is implemented by devices that can zero a range faster than by
-// writing zeros (a hole punch on a file). The range must be durable zeros
-// when it returns.
-type Zeroer interface {
-	ZeroRange(off, n int64) error
-}
-
-// zeroRange makes [off, off+n) durable zeros.
-func zeroRange(dev pmem.Device, off, n int64) error {
-	if z, ok := dev.(Zeroer); ok {
-		return z.ZeroRange(off, n)
-	}
-	const chunk = 1 << 20
-	zeros := make([]byte, min(n, chunk))
-	for done := int64(0); done < n; {
-		c := min(n-done, chunk)
-		if _, err := dev.WriteAt(zeros[:c], off+done); err != nil {
-			return err
-		}
-		if err := dev.Flush(off+done, c); err != nil {
-			return err
-		}
-		done += c
-	}
-	return dev.Drain()
-}
-
 // Create lays out a new BTT on dev, exactly as Linux's nd_btt does
-// (sections 3 and 4.2 of btt-format.md), and opens it. Whatever was on
-// dev is overwritten. Per arena it zeroes the map and the log, writes the
-// initial log entries, then info2, and the primary info block last: the
-// primary is the commit point of creation.
+// (btt_arena_write_layout; doc.go, Arenas and The log), and opens it.
+// Whatever was on dev is overwritten. Per arena it zeroes the map and
+// the log, writes the initial log entries, then info2, and the primary
+// info block last: the primary is the commit point of creation.
 func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 	if opt.Version == (Version{}) {
 		opt.Version = V11
@@ -86,7 +60,7 @@ func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 	// first 8 KiB when it sets up a personality), so a stale BTT of the
 	// other version cannot be probed.
 	if opt.At == nil {
-		if err := zeroRange(dev, 0, 2*PageSize); err != nil {
+		if err := pmem.Zero(dev, 0, 2*PageSize); err != nil {
 			return nil, fmt.Errorf("btt: create: %w", err)
 		}
 	}
@@ -107,10 +81,10 @@ func Create(dev pmem.Device, opt CreateOptions) (*BTT, error) {
 func writeArena(dev pmem.Device, a ArenaLayout, opt CreateOptions, buf []byte) error {
 	mapOff := a.Off + int64(a.MapOff)
 	logOff := a.Off + int64(a.LogOff)
-	if err := zeroRange(dev, mapOff, int64(a.LogOff-a.MapOff)); err != nil {
+	if err := pmem.Zero(dev, mapOff, int64(a.LogOff-a.MapOff)); err != nil {
 		return err
 	}
-	if err := zeroRange(dev, logOff, int64(a.Info2Off-a.LogOff)); err != nil {
+	if err := pmem.Zero(dev, logOff, int64(a.Info2Off-a.LogOff)); err != nil {
 		return err
 	}
 	var e [LogEntrySize]byte
@@ -151,4 +125,13 @@ func writeArena(dev pmem.Device, a ArenaLayout, opt CreateOptions, buf []byte) e
 	}
 	_, err := dev.WriteAtPersist(buf, a.Off)
 	return err
+}
+
+// randomUUID is a version 4 (random) uuid.
+func randomUUID() [16]byte {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u
 }

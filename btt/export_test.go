@@ -15,4 +15,14 @@ var BrokenOrderings = map[string]int{
 }
 
 // SetBrokenOrdering selects a broken ordering (0 restores the correct one).
-func SetBrokenOrdering(o int) { brokenOrdering = o }
+func SetBrokenOrdering(o int) {
+	brokenOrdering, brokenWrite, skipRule = o, nil, 0
+	switch {
+	case o == orderNoRule1:
+		skipRule = 1
+	case o == orderNoRule2:
+		skipRule = 2
+	case o != orderCorrect:
+		brokenWrite = (*BTT).writeSectorBroken
+	}
+}

@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 )
 
-// On-media constants (btt-format.md section 1).
+// On-media constants (doc.go, Constants).
 const (
 	PageSize        = 4096    // BTT_PG_SIZE: alignment of every section, info block size
 	InfoSize        = 4096    // size of an info block
@@ -66,7 +66,7 @@ func LBASizeSupported(n uint32) bool {
 //	104     8  logoff
 //	112     8  info2off
 //	120  3968  padding (zero)
-//	4088    8  checksum (Fletcher-64 variant, section 4.3)
+//	4088    8  checksum (Fletcher-64 variant, see Checksum)
 type Info struct {
 	Signature       [16]byte
 	UUID            [16]byte
@@ -87,31 +87,54 @@ type Info struct {
 	Checksum        uint64
 }
 
+// Field offsets in an info block (the table on Info).
+const (
+	ibSignature  = 0
+	ibUUID       = 16
+	ibParentUUID = 32
+	ibFlags      = 48
+	ibMajor      = 52
+	ibMinor      = 54
+	ibExtLBASize = 56
+	ibExtNLBA    = 60
+	ibIntLBASize = 64
+	ibIntNLBA    = 68
+	ibNFree      = 72
+	ibInfoSize   = 76
+	ibNextOff    = 80
+	ibDataOff    = 88
+	ibMapOff     = 96
+	ibLogOff     = 104
+	ibInfo2Off   = 112
+	ibPadding    = 120
+	ibChecksum   = 4088
+)
+
 // Encode writes the info block into b (len >= InfoSize), with a zero
 // padding area and a freshly computed checksum (ib.Checksum is updated).
 func (ib *Info) Encode(b []byte) {
 	b = b[:InfoSize]
 	clear(b)
 	le := binary.LittleEndian
-	copy(b[0:], ib.Signature[:])
-	copy(b[16:], ib.UUID[:])
-	copy(b[32:], ib.ParentUUID[:])
-	le.PutUint32(b[48:], ib.Flags)
-	le.PutUint16(b[52:], ib.Major)
-	le.PutUint16(b[54:], ib.Minor)
-	le.PutUint32(b[56:], ib.ExternalLBASize)
-	le.PutUint32(b[60:], ib.ExternalNLBA)
-	le.PutUint32(b[64:], ib.InternalLBASize)
-	le.PutUint32(b[68:], ib.InternalNLBA)
-	le.PutUint32(b[72:], ib.NFree)
-	le.PutUint32(b[76:], ib.InfoSize)
-	le.PutUint64(b[80:], ib.NextOff)
-	le.PutUint64(b[88:], ib.DataOff)
-	le.PutUint64(b[96:], ib.MapOff)
-	le.PutUint64(b[104:], ib.LogOff)
-	le.PutUint64(b[112:], ib.Info2Off)
+	copy(b[ibSignature:], ib.Signature[:])
+	copy(b[ibUUID:], ib.UUID[:])
+	copy(b[ibParentUUID:], ib.ParentUUID[:])
+	le.PutUint32(b[ibFlags:], ib.Flags)
+	le.PutUint16(b[ibMajor:], ib.Major)
+	le.PutUint16(b[ibMinor:], ib.Minor)
+	le.PutUint32(b[ibExtLBASize:], ib.ExternalLBASize)
+	le.PutUint32(b[ibExtNLBA:], ib.ExternalNLBA)
+	le.PutUint32(b[ibIntLBASize:], ib.InternalLBASize)
+	le.PutUint32(b[ibIntNLBA:], ib.InternalNLBA)
+	le.PutUint32(b[ibNFree:], ib.NFree)
+	le.PutUint32(b[ibInfoSize:], ib.InfoSize)
+	le.PutUint64(b[ibNextOff:], ib.NextOff)
+	le.PutUint64(b[ibDataOff:], ib.DataOff)
+	le.PutUint64(b[ibMapOff:], ib.MapOff)
+	le.PutUint64(b[ibLogOff:], ib.LogOff)
+	le.PutUint64(b[ibInfo2Off:], ib.Info2Off)
 	ib.Checksum = Checksum(b)
-	le.PutUint64(b[4088:], ib.Checksum)
+	le.PutUint64(b[ibChecksum:], ib.Checksum)
 }
 
 // DecodeInfo decodes an info block without validating it.
@@ -119,24 +142,24 @@ func DecodeInfo(b []byte) Info {
 	b = b[:InfoSize]
 	le := binary.LittleEndian
 	var ib Info
-	copy(ib.Signature[:], b[0:16])
-	copy(ib.UUID[:], b[16:32])
-	copy(ib.ParentUUID[:], b[32:48])
-	ib.Flags = le.Uint32(b[48:])
-	ib.Major = le.Uint16(b[52:])
-	ib.Minor = le.Uint16(b[54:])
-	ib.ExternalLBASize = le.Uint32(b[56:])
-	ib.ExternalNLBA = le.Uint32(b[60:])
-	ib.InternalLBASize = le.Uint32(b[64:])
-	ib.InternalNLBA = le.Uint32(b[68:])
-	ib.NFree = le.Uint32(b[72:])
-	ib.InfoSize = le.Uint32(b[76:])
-	ib.NextOff = le.Uint64(b[80:])
-	ib.DataOff = le.Uint64(b[88:])
-	ib.MapOff = le.Uint64(b[96:])
-	ib.LogOff = le.Uint64(b[104:])
-	ib.Info2Off = le.Uint64(b[112:])
-	ib.Checksum = le.Uint64(b[4088:])
+	copy(ib.Signature[:], b[ibSignature:ibUUID])
+	copy(ib.UUID[:], b[ibUUID:ibParentUUID])
+	copy(ib.ParentUUID[:], b[ibParentUUID:ibFlags])
+	ib.Flags = le.Uint32(b[ibFlags:])
+	ib.Major = le.Uint16(b[ibMajor:])
+	ib.Minor = le.Uint16(b[ibMinor:])
+	ib.ExternalLBASize = le.Uint32(b[ibExtLBASize:])
+	ib.ExternalNLBA = le.Uint32(b[ibExtNLBA:])
+	ib.InternalLBASize = le.Uint32(b[ibIntLBASize:])
+	ib.InternalNLBA = le.Uint32(b[ibIntNLBA:])
+	ib.NFree = le.Uint32(b[ibNFree:])
+	ib.InfoSize = le.Uint32(b[ibInfoSize:])
+	ib.NextOff = le.Uint64(b[ibNextOff:])
+	ib.DataOff = le.Uint64(b[ibDataOff:])
+	ib.MapOff = le.Uint64(b[ibMapOff:])
+	ib.LogOff = le.Uint64(b[ibLogOff:])
+	ib.Info2Off = le.Uint64(b[ibInfo2Off:])
+	ib.Checksum = le.Uint64(b[ibChecksum:])
 	return ib
 }
 
@@ -149,7 +172,7 @@ func Checksum(b []byte) uint64 {
 	var hi uint64
 	for i := 0; i < InfoSize; i += 4 {
 		w := binary.LittleEndian.Uint32(b[i:])
-		if i >= 4088 {
+		if i >= ibChecksum {
 			w = 0
 		}
 		lo += w

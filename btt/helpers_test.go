@@ -20,7 +20,7 @@ func diskUsage(t *testing.T, path string) int64 {
 	return st.Blocks * 512
 }
 
-// checkPermutation asserts invariant 6.8 on every arena: each internal
+// checkPermutation asserts the core invariant (doc.go) on every arena: each internal
 // block is referenced exactly once by the map and the free list.
 func checkPermutation(t *testing.T, dev pmem.Device) {
 	t.Helper()

@@ -6,7 +6,7 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 )
 
-// VerifyPermutation checks invariant 6.8 on every arena of the BTT on
+// VerifyPermutation checks the core invariant (doc.go) on every arena of the BTT on
 // dev: each internal block is referenced exactly once by the union of the
 // map entries (identity rule applied, a pending roll-forward simulated)
 // and the lanes' free blocks. It never writes.
@@ -30,29 +30,36 @@ func VerifyPermutation(dev pmem.Device, opts ...Options) error {
 
 func (b *BTT) verifyArena(a *arena) error {
 	owner := make([]int64, a.intNLBA) // 0 = unreferenced, >0 = LBA+1, <0 = -(lane+1)
-	buf := make([]byte, 4*1024)
-	for start := uint32(0); start < a.extNLBA; start += 1024 {
-		n := min(1024, a.extNLBA-start)
-		if _, err := b.dev.ReadAt(buf[:4*n], a.mapOff+4*int64(start)); err != nil {
-			return err
+	var err error
+	scanMap(b.dev, a, make([]byte, 4*mapChunk), func(start, n uint32, raw []byte, rerr error) bool {
+		if rerr != nil {
+			err = rerr
+			return false
 		}
 		for i := uint32(0); i < n; i++ {
 			premap := start + i
-			raw := le.Uint32(buf[4*i:])
-			if a.override != nil {
-				if v, ok := a.override[premap]; ok {
-					raw = v
-				}
+			var e uint32 // raw 0 in a hole: the identity
+			if raw != nil {
+				e = rawEntry(raw, i)
 			}
-			post, _ := decodeMap(raw, premap)
+			if v, ok := a.override[premap]; ok {
+				e = v
+			}
+			post, _ := decodeMap(e, premap)
 			if post >= a.intNLBA {
-				return fmt.Errorf("btt: arena %d: LBA %d maps to block %d past internal_nlba %d", a.idx, premap, post, a.intNLBA)
+				err = fmt.Errorf("btt: arena %d: LBA %d maps to block %d past internal_nlba %d", a.idx, premap, post, a.intNLBA)
+				return false
 			}
 			if o := owner[post]; o != 0 {
-				return fmt.Errorf("btt: arena %d: block %d referenced by LBA %d and %s", a.idx, post, premap, ownerName(o))
+				err = fmt.Errorf("btt: arena %d: block %d referenced by LBA %d and %s", a.idx, post, premap, ownerName(o))
+				return false
 			}
 			owner[post] = int64(premap) + 1
 		}
+		return true
+	})
+	if err != nil {
+		return err
 	}
 	var g [4]LogEntry
 	gb := make([]byte, LogGroupSize)

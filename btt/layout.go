@@ -42,7 +42,7 @@ type ArenaLayout struct {
 func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
 
 // ComputeLayout returns the arenas Linux's create_arenas/alloc_arena lay
-// out on a namespace of nsSize bytes (btt-format.md section 3).
+// out on a namespace of nsSize bytes (doc.go, Arenas).
 func ComputeLayout(nsSize int64, v Version, lbasize, nfree uint32) ([]ArenaLayout, error) {
 	return computeLayout(nsSize, v.InitialOffset(), lbasize, uint32(roundUp(uint64(lbasize), InternalAlign)), nfree, ArenaMaxSize)
 }

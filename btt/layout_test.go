@@ -7,7 +7,8 @@ import (
 	"testing"
 )
 
-// Worked examples of btt-format.md section 3.4.
+// Worked examples of the arena arithmetic (doc.go, Arenas), computed by
+// hand.
 func TestLayoutWorkedExamples(t *testing.T) {
 	const MiB, GiB = 1 << 20, 1 << 30
 	type want struct {

@@ -56,8 +56,8 @@ type laneProblem struct {
 	cur   LogEntry
 }
 
-// checkLog reads and checks every lane's log group (ndctl's log checks,
-// 10.5 step 1) and, where lanes are damaged, decides (and with Repair
+// checkLog reads and checks every lane's log group (ndctl's
+// btt_check_log_entries; doc.go, Checking) and, where lanes are damaged, decides (and with Repair
 // writes) their repair. It returns each lane's current entry, the log
 // layout, and whether the log as repaired (or as it would be repaired)
 // can be trusted by the map and bitmap checks.

@@ -21,16 +21,25 @@ const mapChunk = 1024
 // scan's resident memory does not grow with the map. visit returns false
 // to stop. buf must hold at least 4*mapChunk bytes.
 func scanMap(dev pmem.Device, a *arena, buf []byte, visit func(start, n uint32, raw []byte, err error) bool) {
+	scanMapRange(dev, a, 0, a.extNLBA, buf, true, visit)
+}
+
+// scanMapRange is scanMap over the entries [from, to), in runs of at most
+// len(buf)/4 entries read (and at most mapChunk); it lets go of the pages
+// it read only with release (an offline scan: a running BTT's map pages
+// are hot).
+func scanMapRange(dev pmem.Device, a *arena, from, to uint32, buf []byte, release bool, visit func(start, n uint32, raw []byte, err error) bool) {
 	sparse, _ := dev.(pmem.Sparse)
-	var dataEnd uint32 // entries before it are known to be data
-	for start := uint32(0); start < a.extNLBA; {
+	chunk := min(mapChunk, uint32(len(buf)/4))
+	dataEnd := from // entries before it are known to be data
+	for start := from; start < to; {
 		off := a.mapOff + 4*int64(start)
-		left := a.extNLBA - start
+		left := to - start
 		if sparse != nil && start >= dataEnd {
 			hole, run, err := sparse.Extent(off, 4*int64(left))
 			switch n := uint32(run / 4); {
 			case err != nil || n == 0:
-				dataEnd = a.extNLBA // cannot tell: read everything
+				dataEnd = to // cannot tell: read everything
 			case hole:
 				if !visit(start, n, nil, nil) {
 					return
@@ -41,7 +50,7 @@ func scanMap(dev pmem.Device, a *arena, buf []byte, visit func(start, n uint32, 
 				dataEnd = start + n
 			}
 		}
-		n := min(mapChunk, left)
+		n := min(chunk, left)
 		if sparse != nil && dataEnd > start {
 			n = min(n, dataEnd-start)
 		}
@@ -51,7 +60,9 @@ func scanMap(dev pmem.Device, a *arena, buf []byte, visit func(start, n uint32, 
 			p = nil
 		}
 		more := visit(start, n, p, err)
-		pmem.Release(dev, off, 4*int64(n))
+		if release {
+			pmem.Release(dev, off, 4*int64(n))
+		}
 		if !more {
 			return
 		}

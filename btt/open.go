@@ -65,7 +65,7 @@ func probe(dev pmem.Device, parent *[16]byte) (probeResult, error) {
 		return found[0], nil
 	}
 	// No valid primary: look for arena 0's backup (ndctl's first recovery
-	// attempt, section 10.3).
+	// attempt; doc.go, Checking).
 	for _, v := range []Version{V11, V20} {
 		off := v.InitialOffset()
 		b2 := backupOffset(dev.Size(), off, off)
@@ -117,7 +117,7 @@ func info2Matches(dev pmem.Device, c probeResult, buf []byte) bool {
 
 // backupOffset estimates where the info2 of the arena starting at
 // namespace offset arenaOff lies, from the device size alone, following
-// Linux's arena split (section 3.1). initOff is the BTT's initial offset.
+// Linux's arena split (create_arenas; doc.go, Arenas). initOff is the BTT's initial offset.
 func backupOffset(devSize, initOff, arenaOff int64) int64 {
 	remaining := devSize - arenaOff
 	if remaining < ArenaMinSize {
@@ -317,7 +317,7 @@ func readGroup(dev pmem.Device, a *arena, lane uint32, g *[4]LogEntry, buf []byt
 	return nil
 }
 
-// detectPadding is the kernel's log_set_indices (section 6.6).
+// detectPadding is the kernel's log_set_indices (doc.go, The log).
 func detectPadding(dev pmem.Device, a *arena) ([2]int, error) {
 	idx := [2]int{-1, -1}
 	n := 0
@@ -386,7 +386,7 @@ func currentEntry(g *[4]LogEntry, idx [2]int) (LogEntry, int, bool) {
 }
 
 // loadLog detects the padding, rebuilds the free list and rolls forward an
-// interrupted write (btt_freelist_init, section 6.7).
+// interrupted write (btt_freelist_init; doc.go, Recovery at open).
 func (b *BTT) loadLog(a *arena, nlanes int) error {
 	idx, err := detectPadding(b.dev, a)
 	if err != nil {

@@ -1,7 +1,6 @@
 package btt
 
 import (
-	"encoding/binary"
 	"sync"
 
 	"github.com/nvblk/nvblk/block"
@@ -31,8 +30,10 @@ var zeroRunBufs = sync.Pool{New: func() any { return new([4 * zeroRunChunk]byte)
 // zeros) or its data block lies in a hole of the backing file
 // (pmem.Sparse: a Linux BTT reads the data block of a never-written
 // sector, which holds whatever the namespace held; a new sparse image
-// holds zeros there). It reads only the map, a chunk at a time, and asks
-// the device about holes once per extent; it takes no locks: the answer
+// holds zeros there). It reads only the map, a chunk at a time
+// (scanMapRange: a run of the map in a hole of the backing file is read
+// from nowhere), and asks the device about holes once per extent; it
+// calls no pmem.Release (it runs while serving) and takes no locks: the answer
 // is a snapshot (block.ZeroMapper). (A never-written sector's data block
 // is used by nothing else until the sector is written: the free blocks
 // start past the exported ones, and a block is freed only by the write
@@ -89,29 +90,42 @@ func (b *BTT) ZeroRun(lba, count uint64) (n uint64, zero bool, err error) {
 	}
 	for n < count {
 		a, premap := b.locate(lba + n)
-		k := uint32(min(count-n, uint64(a.extNLBA-premap), zeroRunChunk))
-		chunk := buf[:4*k]
-		if _, err := b.dev.ReadAt(chunk, a.mapOff+4*int64(premap)); err != nil {
-			// Entry by entry, up to the one that fails (rolled-forward
-			// entries need no read).
+		end := uint32(min(uint64(a.extNLBA), uint64(premap)+count-n))
+		var stop bool
+		var ferr error
+		// The map from premap, a chunk at a time; a run in a hole of the
+		// backing file is identity entries, read from nowhere.
+		scanMapRange(b.dev, a, premap, end, buf[:], false, func(start, k uint32, raw []byte, err error) bool {
 			for i := range k {
-				raw, err := a.readMapRaw(b.dev, premap+i, chunk[:4])
-				if err != nil {
-					if n > 0 {
-						return n, zero, nil
+				var e uint32 // raw 0 in a hole: the identity
+				switch {
+				case err != nil:
+					// Entry by entry, up to the one that fails
+					// (rolled-forward entries need no read).
+					v, err := a.readMapRaw(b.dev, start+i, buf[:4])
+					if err != nil {
+						if n == 0 {
+							ferr = &SectorError{Op: "map lookup", LBA: lba, Err: err}
+						}
+						stop = true
+						return false
 					}
-					return 0, false, &SectorError{Op: "map lookup", LBA: lba, Err: err}
+					e = v
+				case raw != nil:
+					e = rawEntry(raw, i)
 				}
-				if !next(a, premap+i, raw) {
-					return n, zero, nil
+				if !next(a, start+i, e) {
+					stop = true
+					return false
 				}
 			}
-			continue
+			return true
+		})
+		if ferr != nil {
+			return 0, false, ferr
 		}
-		for i := range k {
-			if !next(a, premap+i, binary.LittleEndian.Uint32(chunk[4*i:])) {
-				return n, zero, nil
-			}
+		if stop {
+			return n, zero, nil
 		}
 	}
 	return n, zero, nil

@@ -42,7 +42,7 @@ const (
 	pageSize = 4096
 )
 
-// On-media constants (UEFI 2.10 section 5.3).
+// On-media constants (see Layout in the package documentation).
 const (
 	gptSignature  = "EFI PART"
 	gptRevision   = 0x00010000

@@ -75,6 +75,42 @@ type Sparse interface {
 
 var _ Sparse = (*Window)(nil)
 
+// Zeroer is implemented by devices that can zero a range faster than by
+// writing zeros (a hole punch on a regular file). The range must read as
+// zeros, durably, when ZeroRange returns.
+type Zeroer interface {
+	ZeroRange(off, n int64) error
+}
+
+var _ Zeroer = (*Window)(nil)
+
+// zeroChunk is what Zero writes from when d is not a Zeroer: it is only
+// ever read, so it is shared by every caller.
+var zeroChunk [64 << 10]byte
+
+// Zero makes [off, off+n) of d durable zeros: d's ZeroRange when d is a
+// Zeroer (a Window forwards to its parent), else zeros written a chunk at
+// a time, then persisted. It allocates nothing.
+func Zero(d Device, off, n int64) error {
+	if z, ok := d.(Zeroer); ok {
+		return z.ZeroRange(off, n)
+	}
+	if err := CheckRange("zero", off, n, d.Size()); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	for done := int64(0); done < n; {
+		c := min(n-done, int64(len(zeroChunk)))
+		if _, err := d.WriteAt(zeroChunk[:c], off+done); err != nil {
+			return err
+		}
+		done += c
+	}
+	return d.Persist(off, n)
+}
+
 // Releaser is implemented by devices whose memory mapping can let go of
 // the pages under a range without losing anything (a shared file or
 // /dev/dax mapping: the data stays in the file, a later access maps it

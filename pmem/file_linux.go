@@ -21,13 +21,11 @@ type Options struct {
 	// CreateSize, when > 0 and the path does not exist, creates a sparse
 	// regular file of that many bytes.
 	CreateSize int64
-	// Logger receives warnings (the once-per-device range warning).
-	// Nil means slog.Default().
+	// Logger receives warnings (the once-per-device range warning). Nil
+	// discards them, as in every nvblk package (btt, pmemblk, nbd): a
+	// library is silent unless its caller hands it a logger (the command
+	// line passes slog.Default(), which it sets up).
 	Logger *slog.Logger
-	// SysfsRoot overrides /sys for /dev/dax discovery (tests).
-	SysfsRoot string
-	// NoMapSync skips the MAP_SYNC attempt (tests of the fallback path).
-	NoMapSync bool
 	// NoLock skips the lock Open takes on the whole device (see Lock):
 	// for callers that coordinate access themselves, that lock only a
 	// part of the device with Lock, or that look at an image in use
@@ -80,7 +78,7 @@ func Open(path string, opt Options) (Device, error) {
 	case m&os.ModeDevice != 0 && m&os.ModeCharDevice != 0:
 		kind = "devdax"
 		var align int64
-		size, align, err = daxGeometry(opt.SysfsRoot, f)
+		size, align, err = daxGeometry(f)
 		if err != nil {
 			return nil, fmt.Errorf("pmem: %s: %w", path, err)
 		}
@@ -121,7 +119,7 @@ func Open(path string, opt Options) (Device, error) {
 		data, err = unix.Mmap(fd, 0, int(size), prot, unix.MAP_SHARED)
 		mode = ModeDAX
 	default:
-		if !opt.NoMapSync && !opt.ReadOnly {
+		if !opt.ReadOnly {
 			data, err = unix.Mmap(fd, 0, int(size), prot, unix.MAP_SHARED_VALIDATE|unix.MAP_SYNC)
 			if err == nil {
 				mode = ModeDAX
@@ -179,12 +177,12 @@ func (d *mapDev) msync(off, n int64) error {
 
 // daxGeometry reads the size and alignment of a /dev/daxX.Y device from
 // sysfs: /sys/dev/char/MAJ:MIN/{size,align}.
-func daxGeometry(sysfsRoot string, f *os.File) (size, align int64, err error) {
+func daxGeometry(f *os.File) (size, align int64, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return 0, 0, err
 	}
-	return daxGeometryFor(sysfsRoot, unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	return daxGeometryFor("/sys", unix.Major(st.Rdev), unix.Minor(st.Rdev))
 }
 
 func daxGeometryFor(sysfsRoot string, major, minor uint32) (size, align int64, err error) {

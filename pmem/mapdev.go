@@ -35,7 +35,7 @@ var _ Device = (*mapDev)(nil)
 
 func newMapDev(name string, data []byte, mode Mode, readOnly bool, log *slog.Logger, unmap func() error) *mapDev {
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	return &mapDev{
 		data:     data,

@@ -78,6 +78,27 @@ func TestRangeWarnsOnce(t *testing.T) {
 	}
 }
 
+// TestNilLoggerDiscards: a nil Logger discards the warnings (the meaning
+// of a nil Logger in every nvblk package), rather than writing them to
+// slog.Default().
+func TestNilLoggerDiscards(t *testing.T) {
+	var logbuf bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logbuf, nil)))
+	defer slog.SetDefault(old)
+	d, err := pmem.Open(filepath.Join(t.TempDir(), "d.img"), pmem.Options{CreateSize: 8192})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.ReadAt(make([]byte, 1), 8192); err == nil {
+		t.Fatal("read past the end succeeded")
+	}
+	if logbuf.Len() != 0 {
+		t.Errorf("a nil Logger logged to slog.Default():\n%s", logbuf.String())
+	}
+}
+
 func TestWindowTranslation(t *testing.T) {
 	d, _ := openFile(t, t.TempDir(), 64<<10)
 	w, err := pmem.NewWindow(d, 4096, 8192)

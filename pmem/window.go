@@ -102,6 +102,16 @@ func (w *Window) Release(off, n int64) {
 	}
 }
 
+// ZeroRange implements Zeroer through the parent: a window of a file
+// image punches holes as the file does (Zero falls back to writing zeros
+// when the parent cannot).
+func (w *Window) ZeroRange(off, n int64) error {
+	if err := w.check("zero", off, n); err != nil {
+		return err
+	}
+	return Zero(w.d, w.off+off, n)
+}
+
 // Extent implements Sparse through the parent (all data if the parent
 // cannot tell).
 func (w *Window) Extent(off, n int64) (hole bool, run int64, err error) {

@@ -50,15 +50,7 @@ type poolChecker struct {
 }
 
 func (c *poolChecker) add(f btt.Finding) {
-	c.rep.Findings = append(c.rep.Findings, f)
-	if f.Severity == btt.SevError {
-		c.rep.Errors++
-		if f.Repaired {
-			c.rep.Repaired++
-		} else {
-			c.rep.Remaining++
-		}
-	}
+	c.rep.Add(f)
 	if c.opt.OnFinding != nil {
 		c.opt.OnFinding(f)
 	}

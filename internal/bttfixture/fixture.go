@@ -48,12 +48,36 @@ func fresh(dev pmem.Device, v btt.Version, lbs uint32, maxArena int64) (*btt.BTT
 	if err != nil {
 		return nil, err
 	}
-	for lba := uint64(0); lba < 16; lba++ {
-		if err := b.WriteSectors(bytes.Repeat([]byte{byte(lba + 1)}, b.SectorSize()), lba); err != nil {
+	// The first 16 sectors are written as the BTT writes them, LBA k
+	// through lane k, but by hand: the BTT picks its lanes at random, and
+	// a fixture must be the same bytes every time (the golden files of
+	// nvblk check pin what the checker says about them).
+	ss := b.SectorSize()
+	a, mapOff, logOff, _, dataOff := arena(b, 0)
+	if err := b.Close(); err != nil {
+		return nil, err
+	}
+	for k := 0; k < 16; k++ {
+		e0, _, err := logEntry(dev, logOff, k, 0) // the lane's initial entry
+		if err != nil {
+			return nil, err
+		}
+		free := e0.OldMap & (1<<30 - 1)
+		// P1: the data into the lane's free block; P2: the log entry in
+		// the lane's other slot; P3: the map.
+		if _, err := dev.WriteAtPersist(bytes.Repeat([]byte{byte(k + 1)}, ss), dataOff+int64(free)*int64(a.Info.InternalLBASize)); err != nil {
+			return nil, err
+		}
+		off := logOff + int64(k)*btt.LogGroupSize + int64(a.LogIndex[1])*btt.LogEntrySize
+		if err := putEntry(dev, off, btt.LogEntry{LBA: uint32(k), OldMap: uint32(k), NewMap: free, Seq: 2}); err != nil {
+			return nil, err
+		}
+		if err := put32(dev, mapOff+4*int64(k), 0xC0000000|free); err != nil {
 			return nil, err
 		}
 	}
-	return b, nil
+	// One lane: the fixtures' further writes go through lane 0.
+	return btt.Open(dev, btt.Options{Lanes: 1})
 }
 
 func arena(b *btt.BTT, i int) (btt.ArenaInfo, int64, int64, int64, int64) {
@@ -495,108 +519,4 @@ func Cases() []Case {
 			},
 		},
 	}
-}
-
-// damageLog builds a v1.1 BTT with LBA i holding byte i+1 for i < 16
-// (see fresh) and calls damage with the log offset of arena 0, the
-// lanes the writes went through and some lanes never used.
-func damageLog(d pmem.Device, damage func(logOff int64, written, idle []int) error) error {
-	b, err := fresh(d, btt.V11, 4096, 0)
-	if err != nil {
-		return err
-	}
-	_, _, logOff, _, _ := arena(b, 0)
-	written, idle, err := laneUse(d, logOff, btt.DefaultNFree)
-	if err != nil {
-		return err
-	}
-	return damage(logOff, written, idle)
-}
-
-// laneUse sorts the lanes of the (0,1) log at logOff into those that
-// carried writes and those never used (slot 0 holds the creation entry).
-func laneUse(d pmem.Device, logOff int64, nfree int) (written, idle []int, err error) {
-	for lane := 0; lane < nfree; lane++ {
-		slot, e, err := currentSlot(d, logOff, lane)
-		if err != nil {
-			return nil, nil, err
-		}
-		if slot == 0 && e.Seq == 1 {
-			idle = append(idle, lane)
-		} else {
-			written = append(written, lane)
-		}
-	}
-	if len(written) == 0 || len(idle) < 3 {
-		return nil, nil, fmt.Errorf("bttfixture: %d written and %d idle lanes", len(written), len(idle))
-	}
-	return written, idle, nil
-}
-
-// DamageLanes damages the (0,1) log at logOff (nfree lanes) the way the
-// log-* fixtures do, all at once: a non-zero byte in a padding slot of an
-// idle lane, equal sequence numbers on a written lane, and an impossible
-// sequence number on another idle lane. Linux and nvblk then refuse the
-// arena; check --repair can rebuild it.
-func DamageLanes(d pmem.Device, logOff int64, nfree int) error {
-	written, idle, err := laneUse(d, logOff, nfree)
-	if err != nil {
-		return err
-	}
-	if _, err := d.WriteAtPersist([]byte{0x01}, logOff+int64(idle[0])*btt.LogGroupSize+3*btt.LogEntrySize+9); err != nil {
-		return err
-	}
-	slot, e, err := currentSlot(d, logOff, written[0])
-	if err != nil {
-		return err
-	}
-	other, off, err := logEntry(d, logOff, written[0], 1-slot)
-	if err != nil {
-		return err
-	}
-	other.Seq = e.Seq
-	if err := putEntry(d, off, other); err != nil {
-		return err
-	}
-	e0, off, err := logEntry(d, logOff, idle[1], 0)
-	if err != nil {
-		return err
-	}
-	e0.Seq = 6
-	return putEntry(d, off, e0)
-}
-
-// WrittenData is what every sector of a fixture built by fresh holds:
-// LBA i < 16 is byte i+1, the rest zeros.
-func WrittenData(lba uint64, sectorSize int) []byte {
-	if lba < 16 {
-		return bytes.Repeat([]byte{byte(lba + 1)}, sectorSize)
-	}
-	return make([]byte, sectorSize)
-}
-
-// buildPadCompat reproduces ndctl's test/btt-pad-compat.xxd: a 64 MiB
-// v2.0 BTT, 4096-byte sectors, written by a pre-4.15 kernel (log slots 0
-// and 2), with LBA 0 written once through lane 6 (btt-format.md 10.9.4).
-func buildPadCompat(d pmem.Device) error {
-	b, err := btt.Create(d, btt.CreateOptions{Version: btt.V20, LBASize: 4096,
-		UUID: [16]byte{0xf0, 0xd6, 0x4d, 0x51, 0x7a, 0xd4, 0x44, 0xe2, 0x87, 0x57, 0x6b, 0x8e, 0x8e, 0x4f, 0x75, 0x00}})
-	if err != nil {
-		return err
-	}
-	a, mapOff, logOff, _, dataOff := arena(b, 0)
-	ext := a.Info.ExternalNLBA
-	if ext != 16105 {
-		return fmt.Errorf("pad-compat geometry: external_nlba %d", ext)
-	}
-	// The old layout: each lane's slot 0 = {k, ext+k, ext+k, 1}; the
-	// creation-time zero entry in slot 2 is all zero; slots 1, 3 zero.
-	free := ext + 6
-	if _, err := d.WriteAtPersist(bytes.Repeat([]byte("pad-compat LBA 0"), 256), dataOff+int64(free)*4096); err != nil {
-		return err
-	}
-	if err := putEntry(d, logOff+6*64+32, btt.LogEntry{LBA: 0, OldMap: 0, NewMap: free, Seq: 2}); err != nil {
-		return err
-	}
-	return put32(d, mapOff, 0xC0000000|free)
 }

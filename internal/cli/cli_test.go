@@ -149,15 +149,9 @@ func fixtureFile(t *testing.T, c bttfixture.Case) string {
 }
 
 // TestCheckCommand runs `nvblk check` over every fixture: exit status,
-// ndctl's message fragments, the image unchanged without --repair, and
-// --repair's exit status.
+// the image unchanged without --repair, and --repair's exit status (the
+// output itself is pinned by TestCheckGolden).
 func TestCheckCommand(t *testing.T) {
-	fragments := map[string]string{
-		"bad-info2":     "info2 needs to be restored",
-		"bad-info-v1.1": "info block at offset 0x1000 needs to be restored",
-		"bad-info-v2.0": "info block at offset 0x0 needs to be restored",
-		"bitmap":        "bitmap error",
-	}
 	for _, c := range bttfixture.Cases() {
 		t.Run(c.Name, func(t *testing.T) {
 			path := fixtureFile(t, c)
@@ -165,9 +159,6 @@ func TestCheckCommand(t *testing.T) {
 			out, e, code := run(t, nil, "check", path)
 			if code != c.Exit {
 				t.Errorf("exit %d, want %d\n%s%s", code, c.Exit, out, e)
-			}
-			if f, ok := fragments[c.Name]; ok && !strings.Contains(out, f) {
-				t.Errorf("output lacks %q:\n%s", f, out)
 			}
 			if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
 				t.Fatal("check without --repair changed the file")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -204,7 +205,7 @@ func benchCreate(path string, size int64, sectorSize uint32, full bool, w io.Wri
 			return err
 		}
 	}
-	dev, err := pmem.Open(path, pmem.Options{CreateSize: size})
+	dev, err := pmem.Open(path, pmem.Options{Logger: slog.Default(), CreateSize: size})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -163,7 +164,7 @@ func extendAndRecheck(path string, devSize int64, rep *btt.Report, opt btt.Check
 	if !asJSON {
 		fmt.Fprintf(out, "extended %s from %d to %d bytes, the size its BTT describes\n", path, st.Size(), rep.NeedSize)
 	}
-	dev, err := pmem.Open(path, pmem.Options{NoLock: true}) // the caller holds the lock
+	dev, err := pmem.Open(path, pmem.Options{Logger: slog.Default(), NoLock: true}) // the caller holds the lock
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +253,7 @@ func (p *progress) done() {
 func checkLabels(path string, t target) (findings []btt.Finding, broken bool, err error) {
 	// A look at the label area only, like the partition table read of a
 	// narrowed target: the lock is openTarget's.
-	dev, err := pmem.Open(path, pmem.Options{ReadOnly: true, NoLock: true})
+	dev, err := pmem.Open(path, pmem.Options{Logger: slog.Default(), ReadOnly: true, NoLock: true})
 	if err != nil {
 		return nil, false, err
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/google/uuid"
@@ -208,7 +209,7 @@ func createLabelled(cmd *cobra.Command, path string, o *createOptions) error {
 		return err
 	}
 	existed := fileExists(path)
-	dev, err := pmem.Open(path, pmem.Options{CreateSize: size})
+	dev, err := pmem.Open(path, pmem.Options{Logger: slog.Default(), CreateSize: size})
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 
@@ -182,7 +183,7 @@ never writes.`,
 // the shared lock when forceShare is set).
 func inspectDevice(path string, forceShare bool) DeviceJSON {
 	d := DeviceJSON{Path: path}
-	dev, err := pmem.Open(path, pmem.Options{ReadOnly: true, NoLock: forceShare})
+	dev, err := pmem.Open(path, pmem.Options{Logger: slog.Default(), ReadOnly: true, NoLock: forceShare})
 	if err != nil {
 		d.Error, d.err = err.Error(), err
 		return d

@@ -17,7 +17,7 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/list")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/list, testdata/check and testdata/info")
 
 // Fixed identities of the list fixtures, so the golden files are stable.
 var (
@@ -191,7 +191,14 @@ func normalize(s, dir, mode, name string) string {
 
 func checkGolden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join(testutil.RepoRoot(), "testdata", "list", name)
+	checkGoldenIn(t, "list", name, got, "TestListGolden")
+}
+
+// checkGoldenIn compares got with testdata/dir/name, or with -update
+// writes it there; test names the test that -update must be run with.
+func checkGoldenIn(t *testing.T, dir, name, got, test string) {
+	t.Helper()
+	path := filepath.Join(testutil.RepoRoot(), "testdata", dir, name)
 	if *update {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
@@ -203,7 +210,7 @@ func checkGolden(t *testing.T, name, got string) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (run go test ./internal/cli -run TestListGolden -update to create it)", err)
+		t.Fatalf("%v (run go test ./internal/cli -run %s -update to create it)", err, test)
 	}
 	if string(want) != got {
 		t.Errorf("%s differs (run with -update if the change is intended):\n--- got\n%s\n--- want\n%s", name, got, want)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -123,7 +124,7 @@ func partitionFunc(cmd *cobra.Command, path string, o *partitionOptions) error {
 		}
 		size = minimalSize(specs)
 	}
-	dev, err := pmem.Open(path, pmem.Options{CreateSize: size})
+	dev, err := pmem.Open(path, pmem.Options{Logger: slog.Default(), CreateSize: size})
 	if err != nil {
 		return err
 	}

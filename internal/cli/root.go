@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nvblk/nvblk/block"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -147,27 +146,8 @@ func pathArg(args []string) (string, bool) {
 	return args[0], false
 }
 
-// openDevice maps PATH.
-func openDevice(path string, readOnly bool) (pmem.Device, error) {
-	return pmem.Open(path, pmem.Options{ReadOnly: readOnly})
-}
-
 // ensureDefault creates the default device (1 GiB, linux format, 4096-byte
 // sectors) at path if it does not exist, reporting what it did on w.
 func ensureDefault(path string, w io.Writer) error {
 	return createIfMissing(path, DefaultSize, w)
-}
-
-// openBlock maps PATH and opens the block device that claims it.
-func openBlock(path string, readOnly bool) (block.Device, block.Driver, pmem.Device, error) {
-	dev, err := openDevice(path, readOnly)
-	if err != nil {
-		return nil, block.Driver{}, nil, err
-	}
-	bd, drv, err := block.Open(dev, block.OpenOptions{ReadOnly: readOnly})
-	if err != nil {
-		dev.Close()
-		return nil, drv, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return bd, drv, dev, nil
 }

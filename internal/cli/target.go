@@ -245,6 +245,9 @@ func deviceOffset(d pmem.Device) int64 {
 // pmem.Open does with opt.
 func narrowTarget(path string, t target, opt pmem.Options) (pmem.Device, error) {
 	part := t.part
+	if opt.Logger == nil {
+		opt.Logger = slog.Default() // pmem's warnings: Main sets it up
+	}
 	whole, err := pmem.Open(path, opt)
 	if err != nil {
 		return nil, err

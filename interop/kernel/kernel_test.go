@@ -908,7 +908,7 @@ func vmDisks(ims []*image) []vmDisk {
 
 // expectCleanOrLoggedE accepts a clean ndctl check-namespace, or exactly
 // ndctl's known complaint about a log entry whose old_map carries the E
-// flag (btt-format.md 10.8 item 1): writing a sector in the error state
+// flag (btt/doc.go, Checking): writing a sector in the error state
 // logs its old block with the E bit (Linux does the same, btt_write_pg), so
 // that the free block is scrubbed at the next load; ndctl compares the
 // unmasked value with internal_nlba. It returns whether the check was clean.
