@@ -229,20 +229,7 @@ func TestHostileClients(t *testing.T) {
 		t.Fatal("the well-behaved client did nothing")
 	}
 	// Every hostile connection's goroutines are gone.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ts.mu.Lock()
-		n := len(ts.conns)
-		ts.mu.Unlock()
-		g := runtime.NumGoroutine()
-		if n == 0 && g <= baseline+3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections and %d goroutines (baseline %d) left", n, g, baseline)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitConnsGone(t, ts, baseline)
 }
 
 // TestMaxConns: connections beyond the limit are closed at once; the
@@ -421,6 +408,13 @@ func TestHostileTLSClients(t *testing.T) {
 	if goodOps.Load() == 0 {
 		t.Fatal("the good TLS client did nothing")
 	}
+	waitConnsGone(t, ts, baseline)
+}
+
+// waitConnsGone waits (5 s at most) until the server has no connection
+// left and the goroutines are back to baseline (a few of slack).
+func waitConnsGone(t *testing.T, ts *testServer, baseline int) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ts.mu.Lock()
@@ -428,7 +422,7 @@ func TestHostileTLSClients(t *testing.T) {
 		ts.mu.Unlock()
 		g := runtime.NumGoroutine()
 		if n == 0 && g <= baseline+3 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d connections and %d goroutines (baseline %d) left", n, g, baseline)
