@@ -111,7 +111,7 @@ median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print a
 ratio() { "$PY" -c "print(f'{$1/$2:.2f}')"; }
 
 echo
-echo "4k IOPS (median of $ROUNDS x ${RUNTIME}s), $(nproc) CPUs, $SIZE image on /dev/shm, unix sockets, fio ioengine=nbd"
+echo "4k IOPS (median of $ROUNDS x ${RUNTIME}s), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1), $(nproc) CPUs, $SIZE image on /dev/shm, unix sockets, fio ioengine=nbd"
 printf '%-22s %10s %10s %10s %14s %16s\n' workload nvblk nbdkit qemu-nbd nvblk/nbdkit nvblk/qemu-nbd
 for rw in randread randwrite; do
 	for qd in $DEPTHS 8x4; do
