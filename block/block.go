@@ -13,6 +13,7 @@ package block
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 
@@ -75,6 +76,10 @@ type OpenOptions struct {
 	ForceRaw bool
 	// SectorSize is used by drivers without on-media geometry (raw).
 	SectorSize int
+	// Logger receives the driver's notices (a BTT opened read-only from
+	// a backup info block or cut short, an arena in the error state).
+	// Nil discards them.
+	Logger *slog.Logger
 }
 
 // Driver claims pmem devices that hold its format.

@@ -24,7 +24,7 @@ func init() {
 			return true, fmt.Sprintf("BTT %s at %#x", pr.version, pr.initOff)
 		},
 		Open: func(dev pmem.Device, opt block.OpenOptions) (block.Device, error) {
-			return Open(dev, Options{ReadOnly: opt.ReadOnly})
+			return Open(dev, Options{ReadOnly: opt.ReadOnly, Logger: opt.Logger})
 		},
 	})
 }

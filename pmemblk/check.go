@@ -165,6 +165,12 @@ func CheckDevice(dev pmem.Device, opt CheckOptions) (*btt.Report, error) {
 	c.rep.Errors += r.Errors
 	c.rep.Repaired += r.Repaired
 	c.rep.Remaining += r.Remaining
+	// What the BTT check says beyond errors: unreadable metadata (exit
+	// 8), sectors in the error and zero states (notices), a cut-short
+	// device (the pool's own size is the file's: nothing to extend here).
+	c.rep.Unreadable += r.Unreadable
+	c.rep.ErrorSectors += r.ErrorSectors
+	c.rep.ZeroSectors += r.ZeroSectors
 	c.fixBSize(dev, win, &h.PoolsetUUID, bsize)
 	return c.rep, nil
 }

@@ -19,7 +19,7 @@ func init() {
 		Priority: DriverPriority,
 		Probe:    Probe,
 		Open: func(dev pmem.Device, opt block.OpenOptions) (block.Device, error) {
-			return NewPool(dev, 0, Options{ReadOnly: opt.ReadOnly})
+			return NewPool(dev, 0, Options{ReadOnly: opt.ReadOnly, Logger: opt.Logger})
 		},
 	})
 }

@@ -29,8 +29,8 @@ func TestCheckRepairsTruncatedImage(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "truncated") {
 		t.Errorf("info of the truncated image: exit %d\n%s%s", code, out, e)
 	}
-	if got := mustRun(t, nil, "read", "--lba", "5", "--count", "1", img); got != string(data) {
-		t.Error("read of the truncated image: wrong data")
+	if got, e, _ := run(t, nil, "read", "--lba", "5", "--count", "1", img); got != string(data) || !strings.Contains(e, "the image was truncated") {
+		t.Errorf("read of the truncated image: wrong data, or no warning naming the cause: %s", e)
 	}
 	if _, e, code := run(t, data, "write", "--lba", "6", img); code == 0 || !strings.Contains(e, "read-only") {
 		t.Errorf("write to the truncated image: exit %d %s", code, e)

@@ -287,7 +287,7 @@ func openBlockTarget(path string, part target, opt pmem.Options) (block.Device, 
 	if err != nil {
 		return nil, block.Driver{}, nil, err
 	}
-	bd, drv, err := block.Open(dev, block.OpenOptions{ReadOnly: opt.ReadOnly, ForceRaw: part.forceRaw})
+	bd, drv, err := block.Open(dev, block.OpenOptions{ReadOnly: opt.ReadOnly, ForceRaw: part.forceRaw, Logger: slog.Default()})
 	if err != nil {
 		dev.Close()
 		return nil, drv, nil, fmt.Errorf("%s: %w", targetName(path, part), err)
@@ -396,7 +396,7 @@ func addPartitionExports(srv interface {
 			closeAll()
 			return nop, err
 		}
-		bd, drv, err := block.Open(win, block.OpenOptions{ReadOnly: readOnly})
+		bd, drv, err := block.Open(win, block.OpenOptions{ReadOnly: readOnly, Logger: slog.Default()})
 		if err != nil {
 			win.Close()
 			closeAll()
