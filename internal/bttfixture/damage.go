@@ -60,16 +60,7 @@ func DamageLanes(d pmem.Device, logOff int64, nfree int) error {
 	if _, err := d.WriteAtPersist([]byte{0x01}, logOff+int64(idle[0])*btt.LogGroupSize+3*btt.LogEntrySize+9); err != nil {
 		return err
 	}
-	slot, e, err := currentSlot(d, logOff, written[0])
-	if err != nil {
-		return err
-	}
-	other, off, err := logEntry(d, logOff, written[0], 1-slot)
-	if err != nil {
-		return err
-	}
-	other.Seq = e.Seq
-	if err := putEntry(d, off, other); err != nil {
+	if err := equalSeq(d, logOff, written[0]); err != nil {
 		return err
 	}
 	e0, off, err := logEntry(d, logOff, idle[1], 0)
@@ -113,4 +104,19 @@ func buildPadCompat(d pmem.Device) error {
 		return err
 	}
 	return put32(d, mapOff, 0xC0000000|free)
+}
+
+// equalSeq gives the older entry of lane's group the current entry's
+// sequence number: a pair Linux cannot order.
+func equalSeq(d pmem.Device, logOff int64, lane int) error {
+	slot, e, err := currentSlot(d, logOff, lane)
+	if err != nil {
+		return err
+	}
+	other, off, err := logEntry(d, logOff, lane, 1-slot)
+	if err != nil {
+		return err
+	}
+	other.Seq = e.Seq
+	return putEntry(d, off, other)
 }

@@ -458,16 +458,7 @@ func Cases() []Case {
 			Name: "log-dup-seq", Size: 20 * mib, Codes: []string{btt.CodeLogEqlSeq}, Exit: 4, RepairExit: 1,
 			Build: func(d pmem.Device) error {
 				return damageLog(d, func(logOff int64, written, idle []int) error {
-					slot, e, err := currentSlot(d, logOff, written[0])
-					if err != nil {
-						return err
-					}
-					other, off, err := logEntry(d, logOff, written[0], 1-slot)
-					if err != nil {
-						return err
-					}
-					other.Seq = e.Seq
-					return putEntry(d, off, other)
+					return equalSeq(d, logOff, written[0])
 				})
 			},
 		},

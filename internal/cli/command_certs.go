@@ -84,7 +84,7 @@ func certsFunc(w io.Writer, dir string, o *certsOptions) error {
 		if err != nil {
 			return err
 		}
-		if err := writeFileMode(filepath.Join(abs, tlscreds.CACert), ca.CertPEM(), 0o644, o.force); err != nil {
+		if err := tlscreds.WriteFile(filepath.Join(abs, tlscreds.CACert), ca.CertPEM(), 0o644, o.force); err != nil {
 			return err
 		}
 		if err := client.WriteFile(abs, tlscreds.ClientCert, tlscreds.ClientKey, o.force); err != nil {
@@ -158,21 +158,4 @@ func loadCA(dir string) (*tlscreds.Cert, error) {
 		return nil, fmt.Errorf("--from %s: ca-cert.pem is not a certificate authority with a usable key", dir)
 	}
 	return &tlscreds.Cert{Cert: pair.Leaf, Key: signer}, nil
-}
-
-// writeFileMode writes b to path with mode, exclusively unless overwrite.
-func writeFileMode(path string, b []byte, mode os.FileMode, overwrite bool) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	if overwrite {
-		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	}
-	f, err := os.OpenFile(path, flags, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

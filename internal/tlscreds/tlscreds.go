@@ -150,14 +150,16 @@ func (c *Cert) WriteFile(dir, certName, keyName string, overwrite bool) error {
 		return err
 	}
 	if keyName != "" {
-		if err := writeFile(filepath.Join(dir, keyName), key, 0o600, overwrite); err != nil {
+		if err := WriteFile(filepath.Join(dir, keyName), key, 0o600, overwrite); err != nil {
 			return err
 		}
 	}
-	return writeFile(filepath.Join(dir, certName), c.CertPEM(), 0o644, overwrite)
+	return WriteFile(filepath.Join(dir, certName), c.CertPEM(), 0o644, overwrite)
 }
 
-func writeFile(path string, b []byte, mode os.FileMode, overwrite bool) error {
+// WriteFile writes b to path with exactly mode (an existing file's mode
+// is set too), refusing an existing file unless overwrite.
+func WriteFile(path string, b []byte, mode os.FileMode, overwrite bool) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if overwrite {
 		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
