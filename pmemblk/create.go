@@ -78,7 +78,15 @@ func CreateWith(path string, bsize int, poolsize int64, opt Options) (*Pool, err
 	if err != nil {
 		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
 	}
-	if err := format(dev, uint32(bsize), true, crtime); err != nil {
+	p, err := formatOpen(dev, path, bsize, true, crtime, opt)
+	ok = err == nil
+	return p, err
+}
+
+// formatOpen writes the pool header of a new pool on dev (the file at
+// path) and opens it; the pool owns dev. On error dev is closed.
+func formatOpen(dev pmem.Device, path string, bsize int, fallocated bool, crtime int64, opt Options) (*Pool, error) {
+	if err := format(dev, uint32(bsize), fallocated, crtime); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
 	}
@@ -88,7 +96,6 @@ func CreateWith(path string, bsize int, poolsize int64, opt Options) (*Pool, err
 		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
 	}
 	p.ownDev = true
-	ok = true
 	return p, nil
 }
 
@@ -105,17 +112,7 @@ func createInExisting(path string, bsize int, opt Options) (*Pool, error) {
 		}
 		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
 	}
-	if err := format(dev, uint32(bsize), false, time.Now().Unix()); err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
-	}
-	p, err := open(dev, uint32(bsize), opt)
-	if err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("pmemblk: create %s: %w", path, err)
-	}
-	p.ownDev = true
-	return p, nil
+	return formatOpen(dev, path, bsize, false, time.Now().Unix(), opt)
 }
 
 // Format writes a new, empty pool over whatever dev holds (a file, a
