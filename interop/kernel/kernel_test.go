@@ -470,6 +470,10 @@ func prepareRepaired(t *testing.T, h *harness, im *image) {
 //	boot 2: nvblk BTT 2.0 on the kernel's labelled namespaces; the media
 //	        error cleared by nvblk; nvblk writes into a kernel image;
 //	        nvblk's GPT parsed by the kernel (virtio disk, losetup -P).
+//
+// Each boot is a list of cases (kernelCase: images, host preparation, the
+// guest's part of the job, verification), run by runBoot; a new kernel
+// scenario is one more entry.
 func TestKernel(t *testing.T) {
 	h := newHarness(t)
 	t.Logf("guest kernel: Linux %s (%s, %s), modules from %s", h.kernel.Release, h.kernel.Build(t), h.kernel.Image, h.kernel.ModDir)
@@ -516,386 +520,504 @@ func TestKernel(t *testing.T) {
 		rep11 = add(newImage("repaired-4096", 4096, 4096), 0, false) // nvblk Go API, log damaged, then nvblk check --repair
 	)
 	kernelMade := []*image{k11, k11m, k20, k20s}
-	disks1 := []*image{k11, k11m, k20, k20s, n11, n11b, n11m, crash, media, n11a, rep11}
+	nvblkMade := []*image{n11, n11b, n11m}
+	// Shared between the cases (set by one's prepare, used by another's
+	// job or verify).
+	var (
+		arenaEdge      uint64
+		crashOld       map[uint64]uint32
+		mediaX, mediaY uint64
+		mediaOff       int64
+		n20            []*image
+		gpt            *gptImage
+	)
+	imgs := func(ims ...*image) func() []*image { return func() []*image { return ims } }
 
-	prepStart := time.Now()
-	// n11-512 through the command line: create, write, zero, info.
-	{
-		h.nvblkCLI(t, nil, "create", "--format", "linux", "--sector-size", "512", "--size", strconv.Itoa(labellessSize), n11.path)
-		n := sectorsOf(t, n11.nsSize, btt.V11, 512)
-		for _, w := range nvblkPlan(n) {
-			c := max(w.Count, 1)
-			var data []byte
-			for i := 0; i < c; i++ {
-				data = append(data, pattern(n11.seed, w.LBA+uint64(i), w.Gen, 512)...)
-			}
-			h.nvblkCLI(t, data, "write", "--lba", strconv.FormatUint(w.LBA, 10), n11.path)
-			n11.apply(w)
-		}
-		// `nvblk zero` on 512-byte sectors writes zero sectors (not the Z
-		// state, which Linux 6.1 mis-reads through the page cache).
-		h.nvblkCLI(t, nil, "zero", "--lba", "18", "--count", "3", n11.path)
-		n11.apply(write{LBA: 18, Gen: 0, Count: 3})
-		n11.trim(18, 3)
-		ci := h.info(t, n11.path)
-		if ci.Format != "linux" || ci.Version != "1.1" || ci.Offset != 4096 || ci.SectorSize != 512 || ci.Sectors != n {
-			t.Fatalf("n11-512: nvblk info %+v", ci)
-		}
-	}
-	// n11-4096, n11-4160 through the Go API.
-	for _, im := range []*image{n11b, n11m} {
-		o := createImage(t, im, btt.V11)
-		writeNvblk(t, im, o, nvblkPlan(o.Sectors())...)
-		o.close()
-	}
-	// n11-arenas: the kernel lays out at most one arena per 512 GiB, so a
-	// multi-arena BTT is made here with 16 MiB arenas (ARENA_MIN_SIZE);
-	// nvblk writes across the arena boundary, then the kernel does (boot 1
-	// job), and both must read the other's writes in either arena.
-	n11a.nsSize, n11a.arenas = 34*mib, 16*mib
-	var arenaEdge uint64
-	{
-		o := createImage(t, n11a, btt.V11)
-		ar := o.Arenas()
-		if len(ar) != 2 {
-			t.Fatalf("n11-arenas: %d arenas, want 2", len(ar))
-		}
-		arenaEdge = ar[1].ExternalStart
-		n := o.Sectors()
-		writeNvblk(t, n11a, o, append(nvblkPlan(n),
-			write{LBA: arenaEdge - 1, Gen: 2}, write{LBA: arenaEdge, Gen: 2},
-			write{LBA: arenaEdge - 2, Gen: 3, Count: 4}, write{LBA: arenaEdge + 5, Gen: 1})...)
-		o.close()
-	}
-	prepareRepaired(t, h, rep11)
-	crashOld := prepareCrash(t, crash)
-	mediaX, mediaY, mediaOff := prepareMedia(t, media)
-	t.Logf("boot 1 images prepared in %s", time.Since(prepStart).Round(time.Millisecond))
-
-	// ---- boot 1 job ----
-	var j jobBuilder
-	for _, im := range disks1 {
-		j.f("nv_info %d", im.slot)
-	}
-	for _, im := range kernelMade {
-		k := im.slot
-		j.f("nv_phase format+write %s", im.name)
-		v := btt.V11
-		if im.label != 0 {
-			v = btt.V20
-			j.f("nv_mksector_labels %d %d", k, im.lbasize)
-		} else {
-			j.f("nv_mksector_io %d %d", k, im.lbasize)
-		}
-		c0, c1, rest := kernelPlan(sectorsOf(t, im.nsSize, v, im.lbasize))
-		j.f("nv_dev %d", k)
-		j.f("nv_write %d %d %s cpu 0 %s &", k, im.ss, im.seed, writeList(c0))
-		j.f("nv_write %d %d %s cpu 1 %s &", k, im.ss, im.seed, writeList(c1))
-		j.f("wait")
-		j.f("nv_write %d %d %s %s", k, im.ss, im.seed, writeList(rest))
-		im.apply(c0...)
-		im.apply(c1...)
-		im.apply(rest...)
-		j.f("nv_info %d", k)
-	}
-	{
-		im := n11a
-		kw := []write{
-			{LBA: arenaEdge - 1, Gen: 5}, {LBA: arenaEdge + 1, Gen: 5},
-			{LBA: arenaEdge - 3, Gen: 6, Count: 6}, // one bio across the arenas
-			{LBA: arenaEdge + 5, Gen: 2}, {LBA: arenaEdge + 7, Gen: 1},
-		}
-		j.f("nv_phase write %s", im.name)
-		j.f("nv_dev %d", im.slot)
-		j.f("nv_write %d %d %s %s", im.slot, im.ss, im.seed, writeList(kw))
-		im.apply(kw...)
-	}
-	for _, im := range disks1 {
-		j.f("nv_phase read %s", im.name)
-		j.read(im)
-	}
-	j.f("nv_phase poison")
-	j.f("nv_poison %d %d", media.slot, mediaOff)
-	j.f("nv_sectors %d %d %d %d", media.slot, media.ss, mediaX, mediaY)
-	j.f("nv_phase check")
-	for _, im := range disks1 {
-		j.f("nv_check %d", im.slot)
-	}
-	rep1 := h.boot(t, "boot1", vmDisks(disks1), j.String())
-	for _, l := range rep1.Kmsg {
-		if strings.Contains(l, "btt") || strings.Contains(l, "mce") || strings.Contains(l, "Memory failure") || strings.Contains(l, "Hardware Error") {
-			t.Logf("boot1 kernel: %s", l)
-		}
-	}
-	views1 := map[*image]*guestView{}
-	for _, im := range disks1 {
-		views1[im] = view(t, rep1, im.slot, im.name)
-	}
-
-	// ---- 1. nvblk -> kernel (BTT 1.1 made by nvblk; one repaired by nvblk check) ----
-	for _, im := range []*image{n11, n11b, n11m, n11a, rep11} {
-		t.Run("nvblk-to-kernel/"+im.name, func(t *testing.T) {
-			v := views1[im]
-			o := openImage(t, im, true)
-			defer o.close()
-			expectAttached(t, im, v, o)
-			expectGuestReads(t, im, v, o.Sectors())
-			expectSameDevice(t, im, v, o)
-			expectClean(t, im, v)
-			h.nvblkCheckHook(t, im, true)
-		})
-	}
-
-	// ---- 2. kernel -> nvblk ----
-	for _, im := range kernelMade {
-		t.Run("kernel-to-nvblk/"+im.name, func(t *testing.T) {
-			v := views1[im]
-			if v.blockdev == "" || v.blockdev == "-" {
-				t.Fatalf("the kernel did not create a sector namespace")
-			}
-			im.nsOff = v.nsBase - v.regionBase
-			im.nsSize = v.nsSize
-			im.nsUUID = v.nsUUID
-			if im.label != 0 {
-				if im.nsUUID == "" {
-					t.Fatalf("labelled namespace without a uuid")
+	// ---- boot 1: kernel-formatted images written from two CPUs, nvblk-made
+	// BTT 1.1 images read by the kernel, an interrupted write handed from
+	// nvblk to the kernel, a real media error under a data block ----
+	rep1 := h.runBoot(t, "boot1", []string{"btt", "mce", "Memory failure", "Hardware Error"}, []kernelCase{{
+		name:   "nvblk-made",
+		images: imgs(nvblkMade...),
+		prepare: func(t *testing.T) {
+			// n11-512 through the command line: create, write, zero, info.
+			{
+				h.nvblkCLI(t, nil, "create", "--format", "linux", "--sector-size", "512", "--size", strconv.Itoa(labellessSize), n11.path)
+				n := sectorsOf(t, n11.nsSize, btt.V11, 512)
+				for _, w := range nvblkPlan(n) {
+					c := max(w.Count, 1)
+					var data []byte
+					for i := 0; i < c; i++ {
+						data = append(data, pattern(n11.seed, w.LBA+uint64(i), w.Gen, 512)...)
+					}
+					h.nvblkCLI(t, data, "write", "--lba", strconv.FormatUint(w.LBA, 10), n11.path)
+					n11.apply(w)
 				}
-				expectLabels(t, im)
-			}
-			if fileNS := fileSize(t, im.path) - im.label; im.nsOff < 0 || im.nsOff+im.nsSize > fileNS {
-				t.Fatalf("namespace [%d,+%d) outside the file's %d namespace bytes", im.nsOff, im.nsSize, fileNS)
-			}
-			o := openImage(t, im, true)
-			defer o.close()
-			wantV, wantOff := "1.1", int64(4096)
-			if im.label != 0 {
-				wantV, wantOff = "2.0", 0
-			}
-			if o.Version().String() != wantV || o.InitialOffset() != wantOff {
-				t.Errorf("BTT %s at %d, want %s at %d", o.Version(), o.InitialOffset(), wantV, wantOff)
-			}
-			if im.nsUUID != "" && uuid.UUID(o.ParentUUID()).String() != im.nsUUID {
-				t.Errorf("parent uuid %s, namespace uuid %s", uuid.UUID(o.ParentUUID()), im.nsUUID)
-			}
-			expectAttached(t, im, v, o)
-			// The guest's reads are the kernel's contents; nvblk must read
-			// the same bytes, sector for sector and as a whole.
-			expectGuestReads(t, im, v, o.Sectors())
-			expectSameDevice(t, im, v, o)
-			// Lanes 0 and 1 (one per vCPU) carry the pinned writers' writes.
-			a := o.Arenas()[0]
-			lanes := readLanes(t, o.ns, a)
-			for _, l := range lanes[:2] {
-				if !l.OK || l.Cur.OldMap == l.Cur.NewMap {
-					t.Errorf("lane %d: current log entry %+v (slots %+v): no write logged", l.Lane, l.Cur, l.Slots)
+				// `nvblk zero` on 512-byte sectors writes zero sectors (not the Z
+				// state, which Linux 6.1 mis-reads through the page cache).
+				h.nvblkCLI(t, nil, "zero", "--lba", "18", "--count", "3", n11.path)
+				n11.apply(write{LBA: 18, Gen: 0, Count: 3})
+				n11.trim(18, 3)
+				ci := h.info(t, n11.path)
+				if ci.Format != "linux" || ci.Version != "1.1" || ci.Offset != 4096 || ci.SectorSize != 512 || ci.Sectors != n {
+					t.Fatalf("n11-512: nvblk info %+v", ci)
 				}
 			}
-			used := 0
-			for _, l := range lanes {
-				if l.Cur.OldMap != l.Cur.NewMap {
-					used++
-				}
+			// n11-4096, n11-4160 through the Go API.
+			for _, im := range []*image{n11b, n11m} {
+				o := createImage(t, im, btt.V11)
+				writeNvblk(t, im, o, nvblkPlan(o.Sectors())...)
+				o.close()
 			}
-			t.Logf("BTT %s at %d, lbasize %d, %d sectors, log index %v (kernel debugfs %v); %d lanes used; lane 0 %+v, lane 1 %+v; %d writes",
-				o.Version(), o.InitialOffset(), o.LBASize(), o.Sectors(), a.LogIndex, v.logIndex, used, lanes[0].Cur, lanes[1].Cur, im.writes)
-			if im.label == 0 {
-				// The command line reads the same (label-less images are
-				// whole files).
-				ci := h.info(t, im.path)
-				if ci.Version != wantV || ci.Offset != wantOff || ci.UUID != v.bttUUID {
-					t.Errorf("nvblk info: %+v", ci)
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			for _, im := range nvblkMade {
+				t.Run("nvblk-to-kernel/"+im.name, func(t *testing.T) { expectNvblkToKernel(t, h, im, view(t, rep, im.slot, im.name)) })
+			}
+		},
+	}, {
+		name:   "arenas",
+		images: imgs(n11a),
+		prepare: func(t *testing.T) {
+			// n11-arenas: the kernel lays out at most one arena per 512 GiB, so a
+			// multi-arena BTT is made here with 16 MiB arenas (ARENA_MIN_SIZE);
+			// nvblk writes across the arena boundary, then the kernel does (boot 1
+			// job), and both must read the other's writes in either arena.
+			n11a.nsSize, n11a.arenas = 34*mib, 16*mib
+			{
+				o := createImage(t, n11a, btt.V11)
+				ar := o.Arenas()
+				if len(ar) != 2 {
+					t.Fatalf("n11-arenas: %d arenas, want 2", len(ar))
 				}
-				for _, lba := range []uint64{0, 100, o.Sectors() - 1} {
-					out := h.nvblkCLI(t, nil, "read", "--lba", strconv.FormatUint(lba, 10), "--count", "1", im.path)
-					if sha(out) != sha(im.content(lba)) {
-						t.Errorf("nvblk read --lba %d differs", lba)
+				arenaEdge = ar[1].ExternalStart
+				n := o.Sectors()
+				writeNvblk(t, n11a, o, append(nvblkPlan(n),
+					write{LBA: arenaEdge - 1, Gen: 2}, write{LBA: arenaEdge, Gen: 2},
+					write{LBA: arenaEdge - 2, Gen: 3, Count: 4}, write{LBA: arenaEdge + 5, Gen: 1})...)
+				o.close()
+			}
+		},
+		write: func(t *testing.T, j *jobBuilder) {
+			{
+				im := n11a
+				kw := []write{
+					{LBA: arenaEdge - 1, Gen: 5}, {LBA: arenaEdge + 1, Gen: 5},
+					{LBA: arenaEdge - 3, Gen: 6, Count: 6}, // one bio across the arenas
+					{LBA: arenaEdge + 5, Gen: 2}, {LBA: arenaEdge + 7, Gen: 1},
+				}
+				j.f("nv_phase write %s", im.name)
+				j.f("nv_dev %d", im.slot)
+				j.f("nv_write %d %d %s %s", im.slot, im.ss, im.seed, writeList(kw))
+				im.apply(kw...)
+			}
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			t.Run("nvblk-to-kernel/"+n11a.name, func(t *testing.T) { expectNvblkToKernel(t, h, n11a, view(t, rep, n11a.slot, n11a.name)) })
+		},
+	}, {
+		name:    "repaired",
+		images:  imgs(rep11),
+		prepare: func(t *testing.T) { prepareRepaired(t, h, rep11) },
+		verify: func(t *testing.T, rep *guestReport) {
+			t.Run("nvblk-to-kernel/"+rep11.name, func(t *testing.T) { expectNvblkToKernel(t, h, rep11, view(t, rep, rep11.slot, rep11.name)) })
+		},
+	}, {
+		name:   "kernel-made",
+		images: imgs(kernelMade...),
+		write: func(t *testing.T, j *jobBuilder) {
+			for _, im := range kernelMade {
+				k := im.slot
+				j.f("nv_phase format+write %s", im.name)
+				v := btt.V11
+				if im.label != 0 {
+					v = btt.V20
+					j.f("nv_mksector_labels %d %d", k, im.lbasize)
+				} else {
+					j.f("nv_mksector_io %d %d", k, im.lbasize)
+				}
+				c0, c1, rest := kernelPlan(sectorsOf(t, im.nsSize, v, im.lbasize))
+				j.f("nv_dev %d", k)
+				j.f("nv_write %d %d %s cpu 0 %s &", k, im.ss, im.seed, writeList(c0))
+				j.f("nv_write %d %d %s cpu 1 %s &", k, im.ss, im.seed, writeList(c1))
+				j.f("wait")
+				j.f("nv_write %d %d %s %s", k, im.ss, im.seed, writeList(rest))
+				im.apply(c0...)
+				im.apply(c1...)
+				im.apply(rest...)
+				j.f("nv_info %d", k)
+			}
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			for _, im := range kernelMade {
+				t.Run("kernel-to-nvblk/"+im.name, func(t *testing.T) {
+					v := view(t, rep, im.slot, im.name)
+					if v.blockdev == "" || v.blockdev == "-" {
+						t.Fatalf("the kernel did not create a sector namespace")
+					}
+					im.nsOff = v.nsBase - v.regionBase
+					im.nsSize = v.nsSize
+					im.nsUUID = v.nsUUID
+					if im.label != 0 {
+						if im.nsUUID == "" {
+							t.Fatalf("labelled namespace without a uuid")
+						}
+						expectLabels(t, im)
+					}
+					if fileNS := fileSize(t, im.path) - im.label; im.nsOff < 0 || im.nsOff+im.nsSize > fileNS {
+						t.Fatalf("namespace [%d,+%d) outside the file's %d namespace bytes", im.nsOff, im.nsSize, fileNS)
+					}
+					o := openImage(t, im, true)
+					defer o.close()
+					wantV, wantOff := "1.1", int64(4096)
+					if im.label != 0 {
+						wantV, wantOff = "2.0", 0
+					}
+					if o.Version().String() != wantV || o.InitialOffset() != wantOff {
+						t.Errorf("BTT %s at %d, want %s at %d", o.Version(), o.InitialOffset(), wantV, wantOff)
+					}
+					if im.nsUUID != "" && uuid.UUID(o.ParentUUID()).String() != im.nsUUID {
+						t.Errorf("parent uuid %s, namespace uuid %s", uuid.UUID(o.ParentUUID()), im.nsUUID)
+					}
+					expectAttached(t, im, v, o)
+					// The guest's reads are the kernel's contents; nvblk must read
+					// the same bytes, sector for sector and as a whole.
+					expectGuestReads(t, im, v, o.Sectors())
+					expectSameDevice(t, im, v, o)
+					// Lanes 0 and 1 (one per vCPU) carry the pinned writers' writes.
+					a := o.Arenas()[0]
+					lanes := readLanes(t, o.ns, a)
+					for _, l := range lanes[:2] {
+						if !l.OK || l.Cur.OldMap == l.Cur.NewMap {
+							t.Errorf("lane %d: current log entry %+v (slots %+v): no write logged", l.Lane, l.Cur, l.Slots)
+						}
+					}
+					used := 0
+					for _, l := range lanes {
+						if l.Cur.OldMap != l.Cur.NewMap {
+							used++
+						}
+					}
+					t.Logf("BTT %s at %d, lbasize %d, %d sectors, log index %v (kernel debugfs %v); %d lanes used; lane 0 %+v, lane 1 %+v; %d writes",
+						o.Version(), o.InitialOffset(), o.LBASize(), o.Sectors(), a.LogIndex, v.logIndex, used, lanes[0].Cur, lanes[1].Cur, im.writes)
+					if im.label == 0 {
+						// The command line reads the same (label-less images are
+						// whole files).
+						ci := h.info(t, im.path)
+						if ci.Version != wantV || ci.Offset != wantOff || ci.UUID != v.bttUUID {
+							t.Errorf("nvblk info: %+v", ci)
+						}
+						for _, lba := range []uint64{0, 100, o.Sectors() - 1} {
+							out := h.nvblkCLI(t, nil, "read", "--lba", strconv.FormatUint(lba, 10), "--count", "1", im.path)
+							if sha(out) != sha(im.content(lba)) {
+								t.Errorf("nvblk read --lba %d differs", lba)
+							}
+						}
+					}
+					expectClean(t, im, v)
+					h.nvblkCheckHook(t, im, true)
+				})
+			}
+
+		},
+	}, {
+		name:    "crash",
+		images:  imgs(crash),
+		prepare: func(t *testing.T) { crashOld = prepareCrash(t, crash) },
+		verify: func(t *testing.T, rep *guestReport) {
+			t.Run("crash-handoff", func(t *testing.T) {
+				im := crash
+				v := view(t, rep, im.slot, im.name)
+				o := openImage(t, im, true)
+				defer o.close()
+				expectAttached(t, im, v, o)
+				expectGuestReads(t, im, v, o.Sectors())
+				expectSameDevice(t, im, v, o)
+				a := o.Arenas()[0]
+				for _, x := range slices.Sorted(maps.Keys(crashOld)) {
+					raw := rawMapEntry(t, im, a, x)
+					post, st, _ := o.MapEntry(x)
+					t.Logf("after the kernel: lba %d map entry %#08x (%s, block %d; before the boot it pointed at block %d)", x, raw, st, post, crashOld[x])
+					if post == crashOld[x] {
+						t.Errorf("lba %d: the kernel did not persist the roll-forward (map still at block %d)", x, post)
 					}
 				}
+				expectClean(t, im, v)
+				h.nvblkCheckHook(t, im, true)
+			})
+
+		},
+	}, {
+		name:    "media",
+		images:  imgs(media),
+		prepare: func(t *testing.T) { mediaX, mediaY, mediaOff = prepareMedia(t, media) },
+		after: func(t *testing.T, j *jobBuilder) {
+			j.f("nv_phase poison")
+			j.f("nv_poison %d %d", media.slot, mediaOff)
+			j.f("nv_sectors %d %d %d %d", media.slot, media.ss, mediaX, mediaY)
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			t.Run("media-error/kernel", func(t *testing.T) {
+				im := media
+				v := view(t, rep, im.slot, im.name)
+				if r := rep.first(im.slot, "poisoned"); r == nil {
+					t.Fatalf("the guest reported no poisoned range")
+				} else {
+					t.Logf("machine check at %s; region badblocks (first 512-byte sector from the region start, count): %s", r[0], strings.Join(r[1:], " "))
+				}
+				rx, ry := v.sectors[mediaX], v.sectors[mediaY]
+				if len(rx) != 2 || rx[0] != sha(im.content(mediaX)) || rx[1] != "EIO" {
+					t.Errorf("lba %d reads %v: want the data, then EIO after the machine check", mediaX, rx)
+				}
+				if len(ry) != 2 || ry[1] != sha(im.content(mediaY)) {
+					t.Errorf("lba %d reads %v: want the data both times", mediaY, ry)
+				}
+				o := openImage(t, im, true)
+				defer o.close()
+				a := o.Arenas()[0]
+				raw := rawMapEntry(t, im, a, mediaX)
+				post, st, err := o.MapEntry(mediaX)
+				if err != nil || st != btt.MapError {
+					t.Errorf("lba %d: map entry %#08x state %s (%v), want the kernel's E flag", mediaX, raw, st, err)
+				} else {
+					t.Logf("the kernel set the E flag: lba %d map entry %#08x (block %d)", mediaX, raw, post)
+				}
+				buf := make([]byte, im.ss)
+				if err := o.ReadSectors(buf, mediaX); !errors.Is(err, btt.ErrIO) {
+					t.Errorf("nvblk read of lba %d: %v, want an error wrapping btt.ErrIO", mediaX, err)
+				} else {
+					t.Logf("nvblk read of lba %d: %v", mediaX, err)
+				}
+				verifyNvblk(t, im, o, map[uint64]bool{mediaX: true})
+				expectClean(t, im, v)
+				h.nvblkCheckHook(t, im, true)
+			})
+
+		},
+	}})
+
+	// ---- boot 2: nvblk BTT 2.0 on the kernel's labelled namespaces; the
+	// media error cleared by nvblk; nvblk's writes into a kernel-formatted
+	// image; a GPT written by nvblk ----
+	rep2 := h.runBoot(t, "boot2", []string{"btt"}, []kernelCase{{
+		name:   "n20",
+		images: func() []*image { return n20 },
+		prepare: func(t *testing.T) {
+			// nvblk lays out BTT 2.0 on the kernel's labelled namespaces, with the
+			// namespace uuid as parent_uuid, keeping the labels (and the slot:
+			// the labels belong to that DIMM).
+			for _, k := range []*image{k20, k20s} {
+				if k.nsUUID == "" {
+					t.Fatalf("%s: no namespace uuid from boot 1", k.name)
+				}
+				im := newImage("n20-"+strings.TrimPrefix(k.name, "k20-"), k.ss, k.lbasize)
+				im.path, im.label, im.slot, im.nsOff, im.nsSize, im.nsUUID = k.path, k.label, k.slot, k.nsOff, k.nsSize, k.nsUUID
+				// Like Linux, nvblk does not scrub data blocks when it lays out a
+				// BTT: the kernel's old sectors would show through the identity
+				// map. Zero the namespace (not the labels) so the model holds.
+				labels := labelArea(t, im)
+				zeroRange(t, im.path, im.nsOff, im.nsSize)
+				o := createImage(t, im, btt.V20)
+				writeNvblk(t, im, o, nvblkPlan(o.Sectors())...)
+				o.close()
+				if !bytes.Equal(labelArea(t, im), labels) {
+					t.Fatalf("%s: the label area changed while nvblk wrote the namespace", im.name)
+				}
+				o = openImage(t, im, true)
+				if o.Version() != btt.V20 || o.InitialOffset() != 0 || uuid.UUID(o.ParentUUID()).String() != im.nsUUID {
+					t.Fatalf("%s: nvblk made %s at %d, parent %s", im.name, o.Version(), o.InitialOffset(), uuid.UUID(o.ParentUUID()))
+				}
+				o.close()
+				n20 = append(n20, im)
 			}
-			expectClean(t, im, v)
-			h.nvblkCheckHook(t, im, true)
-		})
-	}
-
-	// ---- 3. crash hand-off ----
-	t.Run("crash-handoff", func(t *testing.T) {
-		im := crash
-		v := views1[im]
-		o := openImage(t, im, true)
-		defer o.close()
-		expectAttached(t, im, v, o)
-		expectGuestReads(t, im, v, o.Sectors())
-		expectSameDevice(t, im, v, o)
-		a := o.Arenas()[0]
-		for _, x := range slices.Sorted(maps.Keys(crashOld)) {
-			raw := rawMapEntry(t, im, a, x)
-			post, st, _ := o.MapEntry(x)
-			t.Logf("after the kernel: lba %d map entry %#08x (%s, block %d; before the boot it pointed at block %d)", x, raw, st, post, crashOld[x])
-			if post == crashOld[x] {
-				t.Errorf("lba %d: the kernel did not persist the roll-forward (map still at block %d)", x, post)
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			for _, im := range n20 {
+				t.Run("nvblk-to-kernel/"+im.name, func(t *testing.T) {
+					v := view(t, rep, im.slot, im.name)
+					o := openImage(t, im, true)
+					defer o.close()
+					expectAttached(t, im, v, o)
+					if v.nsUUID != im.nsUUID {
+						t.Errorf("namespace uuid %s, want %s", v.nsUUID, im.nsUUID)
+					}
+					expectGuestReads(t, im, v, o.Sectors())
+					expectSameDevice(t, im, v, o)
+					expectClean(t, im, v)
+					h.nvblkCheckHook(t, im, true)
+				})
 			}
-		}
-		expectClean(t, im, v)
-		h.nvblkCheckHook(t, im, true)
-	})
-
-	// ---- 4. media error: what the kernel did ----
-	t.Run("media-error/kernel", func(t *testing.T) {
-		im := media
-		v := views1[im]
-		if r := rep1.first(im.slot, "poisoned"); r == nil {
-			t.Fatalf("the guest reported no poisoned range")
-		} else {
-			t.Logf("machine check at %s; region badblocks (first 512-byte sector from the region start, count): %s", r[0], strings.Join(r[1:], " "))
-		}
-		rx, ry := v.sectors[mediaX], v.sectors[mediaY]
-		if len(rx) != 2 || rx[0] != sha(im.content(mediaX)) || rx[1] != "EIO" {
-			t.Errorf("lba %d reads %v: want the data, then EIO after the machine check", mediaX, rx)
-		}
-		if len(ry) != 2 || ry[1] != sha(im.content(mediaY)) {
-			t.Errorf("lba %d reads %v: want the data both times", mediaY, ry)
-		}
-		o := openImage(t, im, true)
-		defer o.close()
-		a := o.Arenas()[0]
-		raw := rawMapEntry(t, im, a, mediaX)
-		post, st, err := o.MapEntry(mediaX)
-		if err != nil || st != btt.MapError {
-			t.Errorf("lba %d: map entry %#08x state %s (%v), want the kernel's E flag", mediaX, raw, st, err)
-		} else {
-			t.Logf("the kernel set the E flag: lba %d map entry %#08x (block %d)", mediaX, raw, post)
-		}
-		buf := make([]byte, im.ss)
-		if err := o.ReadSectors(buf, mediaX); !errors.Is(err, btt.ErrIO) {
-			t.Errorf("nvblk read of lba %d: %v, want an error wrapping btt.ErrIO", mediaX, err)
-		} else {
-			t.Logf("nvblk read of lba %d: %v", mediaX, err)
-		}
-		verifyNvblk(t, im, o, map[uint64]bool{mediaX: true})
-		expectClean(t, im, v)
-		h.nvblkCheckHook(t, im, true)
-	})
-
-	// ---- boot 2 preparation ----
-	prepStart = time.Now()
-	// nvblk lays out BTT 2.0 on the kernel's labelled namespaces, with the
-	// namespace uuid as parent_uuid, keeping the labels (and the slot:
-	// the labels belong to that DIMM).
-	var n20 []*image
-	for _, k := range []*image{k20, k20s} {
-		if k.nsUUID == "" {
-			t.Fatalf("%s: no namespace uuid from boot 1", k.name)
-		}
-		im := newImage("n20-"+strings.TrimPrefix(k.name, "k20-"), k.ss, k.lbasize)
-		im.path, im.label, im.slot, im.nsOff, im.nsSize, im.nsUUID = k.path, k.label, k.slot, k.nsOff, k.nsSize, k.nsUUID
-		// Like Linux, nvblk does not scrub data blocks when it lays out a
-		// BTT: the kernel's old sectors would show through the identity
-		// map. Zero the namespace (not the labels) so the model holds.
-		labels := labelArea(t, im)
-		zeroRange(t, im.path, im.nsOff, im.nsSize)
-		o := createImage(t, im, btt.V20)
-		writeNvblk(t, im, o, nvblkPlan(o.Sectors())...)
-		o.close()
-		if !bytes.Equal(labelArea(t, im), labels) {
-			t.Fatalf("%s: the label area changed while nvblk wrote the namespace", im.name)
-		}
-		o = openImage(t, im, true)
-		if o.Version() != btt.V20 || o.InitialOffset() != 0 || uuid.UUID(o.ParentUUID()).String() != im.nsUUID {
-			t.Fatalf("%s: nvblk made %s at %d, parent %s", im.name, o.Version(), o.InitialOffset(), uuid.UUID(o.ParentUUID()))
-		}
-		o.close()
-		n20 = append(n20, im)
-	}
-	// nvblk rewrites the sector that has the kernel's E flag.
-	{
-		o := openImage(t, media, false)
-		writeNvblk(t, media, o, write{LBA: mediaX, Gen: 2})
-		buf := make([]byte, media.ss)
-		if err := o.ReadSectors(buf, mediaX); err != nil || sha(buf) != sha(media.content(mediaX)) {
-			t.Errorf("media: nvblk reads lba %d after rewriting it: %v", mediaX, err)
-		}
-		if _, st, _ := o.MapEntry(mediaX); st != btt.MapNormal {
-			t.Errorf("media: lba %d map state %s after the write, want normal", mediaX, st)
-		}
-		o.close()
-	}
-	// nvblk writes into a kernel-formatted, kernel-written image.
-	{
-		o := openImage(t, k11, false)
-		n := o.Sectors()
-		writeNvblk(t, k11, o, write{LBA: 0, Gen: 6}, write{LBA: 9, Gen: 6}, write{LBA: 100, Gen: 5},
-			write{LBA: 2000, Gen: 1, Count: 3}, write{LBA: n - 2, Gen: 1})
-		o.close()
-	}
-	// A GPT written by nvblk, for the kernel's partition parser (a virtio
-	// disk and a loop device, see gpt_test.go).
-	gpt := h.prepareGPT(t, imgDir)
-	t.Logf("boot 2 images prepared in %s", time.Since(prepStart).Round(time.Millisecond))
-
-	// ---- boot 2 ----
-	disks2 := append(append([]*image{}, n20...), media, k11)
-	j = jobBuilder{}
-	for _, im := range disks2 {
-		j.f("nv_phase %s", im.name)
-		j.f("nv_info %d", im.slot)
-		j.read(im)
-		j.f("nv_check %d", im.slot)
-	}
-	gpt.job(&j)
-	rep2 := h.boot(t, "boot2", append(vmDisks(disks2), gpt.disk()), j.String())
-	for _, l := range rep2.Kmsg {
-		if strings.Contains(l, "btt") {
-			t.Logf("boot2 kernel: %s", l)
-		}
-	}
-
-	for _, im := range n20 {
-		t.Run("nvblk-to-kernel/"+im.name, func(t *testing.T) {
-			v := view(t, rep2, im.slot, im.name)
-			o := openImage(t, im, true)
-			defer o.close()
-			expectAttached(t, im, v, o)
-			if v.nsUUID != im.nsUUID {
-				t.Errorf("namespace uuid %s, want %s", v.nsUUID, im.nsUUID)
+		},
+	}, {
+		name:   "media-cleared",
+		images: imgs(media),
+		prepare: func(t *testing.T) {
+			// nvblk rewrites the sector that has the kernel's E flag.
+			{
+				o := openImage(t, media, false)
+				writeNvblk(t, media, o, write{LBA: mediaX, Gen: 2})
+				buf := make([]byte, media.ss)
+				if err := o.ReadSectors(buf, mediaX); err != nil || sha(buf) != sha(media.content(mediaX)) {
+					t.Errorf("media: nvblk reads lba %d after rewriting it: %v", mediaX, err)
+				}
+				if _, st, _ := o.MapEntry(mediaX); st != btt.MapNormal {
+					t.Errorf("media: lba %d map state %s after the write, want normal", mediaX, st)
+				}
+				o.close()
 			}
-			expectGuestReads(t, im, v, o.Sectors())
-			expectSameDevice(t, im, v, o)
-			expectClean(t, im, v)
-			h.nvblkCheckHook(t, im, true)
-		})
-	}
-	t.Run("media-error/cleared-by-nvblk", func(t *testing.T) {
-		v := view(t, rep2, media.slot, media.name)
-		o := openImage(t, media, true)
-		defer o.close()
-		expectAttached(t, media, v, o)
-		expectGuestReads(t, media, v, o.Sectors())
-		expectSameDevice(t, media, v, o)
-		clean := expectCleanOrLoggedE(t, media, v)
-		h.nvblkCheckHook(t, media, clean)
-	})
-	t.Run("nvblk-to-kernel/k11-512-rewritten", func(t *testing.T) {
-		v := view(t, rep2, k11.slot, k11.name)
-		o := openImage(t, k11, true)
-		defer o.close()
-		expectAttached(t, k11, v, o)
-		expectGuestReads(t, k11, v, o.Sectors())
-		expectSameDevice(t, k11, v, o)
-		expectClean(t, k11, v)
-		h.nvblkCheckHook(t, k11, true)
-	})
-	t.Run("gpt/partitions", func(t *testing.T) { gpt.check(t, h, rep2) })
-	// Every image the kernel touched still satisfies the BTT invariant.
-	for _, im := range []*image{k11, k11m, n11, n11b, n11m, crash, media, n20[0], n20[1]} {
-		o := openImage(t, im, true)
-		if err := btt.VerifyPermutation(o.ns); err != nil {
-			t.Errorf("%s: %v", im.name, err)
-		}
-		o.close()
-	}
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			t.Run("media-error/cleared-by-nvblk", func(t *testing.T) {
+				v := view(t, rep, media.slot, media.name)
+				o := openImage(t, media, true)
+				defer o.close()
+				expectAttached(t, media, v, o)
+				expectGuestReads(t, media, v, o.Sectors())
+				expectSameDevice(t, media, v, o)
+				clean := expectCleanOrLoggedE(t, media, v)
+				h.nvblkCheckHook(t, media, clean)
+			})
+		},
+	}, {
+		name:   "k11-rewritten",
+		images: imgs(k11),
+		prepare: func(t *testing.T) {
+			// nvblk writes into a kernel-formatted, kernel-written image.
+			{
+				o := openImage(t, k11, false)
+				n := o.Sectors()
+				writeNvblk(t, k11, o, write{LBA: 0, Gen: 6}, write{LBA: 9, Gen: 6}, write{LBA: 100, Gen: 5},
+					write{LBA: 2000, Gen: 1, Count: 3}, write{LBA: n - 2, Gen: 1})
+				o.close()
+			}
+		},
+		verify: func(t *testing.T, rep *guestReport) {
+			t.Run("nvblk-to-kernel/k11-512-rewritten", func(t *testing.T) {
+				v := view(t, rep, k11.slot, k11.name)
+				o := openImage(t, k11, true)
+				defer o.close()
+				expectAttached(t, k11, v, o)
+				expectGuestReads(t, k11, v, o.Sectors())
+				expectSameDevice(t, k11, v, o)
+				expectClean(t, k11, v)
+				h.nvblkCheckHook(t, k11, true)
+			})
+		},
+	}, {
+		// A GPT written by nvblk, for the kernel's partition parser (a virtio
+		// disk and a loop device, see gpt_test.go).
+		name:    "gpt",
+		prepare: func(t *testing.T) { gpt = h.prepareGPT(t, imgDir) },
+		extra:   func() []vmDisk { return []vmDisk{gpt.disk()} },
+		after:   func(t *testing.T, j *jobBuilder) { gpt.job(j) },
+		verify:  func(t *testing.T, rep *guestReport) { gpt.check(t, h, rep) },
+	}, {
+		name: "invariant",
+		verify: func(t *testing.T, rep *guestReport) {
+			// Every image the kernel touched still satisfies the BTT invariant.
+			for _, im := range []*image{k11, k11m, n11, n11b, n11m, crash, media, n20[0], n20[1]} {
+				o := openImage(t, im, true)
+				if err := btt.VerifyPermutation(o.ns); err != nil {
+					t.Errorf("%s: %v", im.name, err)
+				}
+				o.close()
+			}
+		},
+	}})
 	t.Logf("kernel interop: Linux %s, boots %s + %s, total %s",
 		h.kernel.Release, rep1.Wall.Round(100*time.Millisecond), rep2.Wall.Round(100*time.Millisecond),
 		time.Since(testStart).Round(100*time.Millisecond))
+}
+
+// kernelCase is one scenario of TestKernel, run in one of its two boots:
+// the images it brings (each keeps the nvdimm slot it was made with),
+// other disks, what the host prepares before the boot, its part of the
+// guest's job (write: before the guest reads every image back; after:
+// once it has), and what it verifies in the guest's report. Every image
+// of every case is also listed (nv_info), read back in full and checked
+// (ndctl check-namespace) by the job. Adding a kernel case is adding one
+// entry to a boot's list.
+type kernelCase struct {
+	name    string
+	images  func() []*image // called after the prepares
+	extra   func() []vmDisk
+	prepare func(t *testing.T)
+	write   func(t *testing.T, j *jobBuilder)
+	after   func(t *testing.T, j *jobBuilder)
+	verify  func(t *testing.T, rep *guestReport)
+}
+
+// runBoot prepares the cases, boots the guest once with all their disks
+// and a job made of their parts, logs the kernel messages that contain
+// one of kmsg, and runs each case's verification as a subtest.
+func (h *harness) runBoot(t *testing.T, name string, kmsg []string, cases []kernelCase) *guestReport {
+	t.Helper()
+	prepStart := time.Now()
+	for _, c := range cases {
+		if c.prepare != nil {
+			c.prepare(t)
+		}
+	}
+	var ims []*image
+	var extra []vmDisk
+	for _, c := range cases {
+		if c.images != nil {
+			ims = append(ims, c.images()...)
+		}
+		if c.extra != nil {
+			extra = append(extra, c.extra()...)
+		}
+	}
+	sort.Slice(ims, func(a, b int) bool { return ims[a].slot < ims[b].slot })
+	t.Logf("%s: images prepared in %s", name, time.Since(prepStart).Round(time.Millisecond))
+	var j jobBuilder
+	for _, im := range ims {
+		j.f("nv_info %d", im.slot)
+	}
+	for _, c := range cases {
+		if c.write != nil {
+			c.write(t, &j)
+		}
+	}
+	for _, im := range ims {
+		j.f("nv_phase read %s", im.name)
+		j.read(im)
+	}
+	for _, c := range cases {
+		if c.after != nil {
+			c.after(t, &j)
+		}
+	}
+	j.f("nv_phase check")
+	for _, im := range ims {
+		j.f("nv_check %d", im.slot)
+	}
+	rep := h.boot(t, name, append(vmDisks(ims), extra...), j.String())
+	for _, l := range rep.Kmsg {
+		for _, k := range kmsg {
+			if strings.Contains(l, k) {
+				t.Logf("%s kernel: %s", name, l)
+				break
+			}
+		}
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.verify(t, rep) })
+	}
+	return rep
+}
+
+// expectNvblkToKernel: an nvblk-made BTT the kernel attached, read in
+// full and checked: it found the BTT, read nvblk's data, the same device
+// byte for byte, ndctl check-namespace clean, nvblk check clean.
+func expectNvblkToKernel(t *testing.T, h *harness, im *image, v *guestView) {
+	o := openImage(t, im, true)
+	defer o.close()
+	expectAttached(t, im, v, o)
+	expectGuestReads(t, im, v, o.Sectors())
+	expectSameDevice(t, im, v, o)
+	expectClean(t, im, v)
+	h.nvblkCheckHook(t, im, true)
 }
 
 func vmDisks(ims []*image) []vmDisk {
