@@ -3,6 +3,11 @@
 # the nvdimm modules, run the host's job (/job.sh), power off. See
 # guest_lib.sh for the helpers and the output protocol.
 export PATH=/bin
+# guestio's NBD_DO_IT waits interruptibly in the kernel, and a signal that
+# interrupts it shuts the device's sockets down (nbd_start_device_ioctl):
+# the Go runtime's preemption signal (SIGURG) reaching the thread blocked
+# there can kill the device. No async preemption for the guest's Go tools.
+export GODEBUG=asyncpreemptoff=1
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

@@ -91,6 +91,9 @@ func nbdAttach(disk, addrs, dev string, bs int, name string) {
 	err = unix.IoctlSetInt(nfd, nbdDoIt, 0)
 	unix.IoctlSetInt(nfd, nbdClearQue, 0)
 	unix.IoctlSetInt(nfd, nbdClearSock, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "guestio: NBD_DO_IT on %s: %v\n", dev, err)
+	}
 	fmt.Fprintf(out, "@@R %s nbd-done %v\n", disk, err == nil)
 }
 
